@@ -1,0 +1,152 @@
+package flow
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+func TestWindow(t *testing.T) {
+	type step struct {
+		send     uint64 // OnSend(send) when ack == 0 && send != 0
+		ack      uint64 // OnAck(ack) when non-zero
+		released int
+		err      error
+	}
+	tests := []struct {
+		name  string
+		max   int
+		start uint64
+		steps []step
+		// after the steps:
+		len         int
+		sent, acked uint64
+	}{
+		{"send and ack one by one", 2, 0, []step{
+			{send: 10}, {ack: 10, released: 1}, {send: 20}, {ack: 20, released: 1},
+		}, 0, 20, 20},
+		{"cumulative ack releases several", 3, 0, []step{
+			{send: 10}, {send: 20}, {send: 30}, {ack: 20, released: 2},
+		}, 1, 30, 20},
+		{"full window", 2, 0, []step{
+			{send: 10}, {send: 20}, {send: 30, err: ErrWindowFull},
+		}, 2, 20, 0},
+		{"ack inside a batch releases the ones before", 3, 0, []step{
+			{send: 10}, {send: 20}, {ack: 15, released: 1}, {ack: 20, released: 1},
+		}, 0, 20, 20},
+		{"repeated ack is harmless", 3, 0, []step{
+			{send: 10}, {ack: 10, released: 1}, {ack: 10, released: 0},
+		}, 0, 10, 10},
+		{"ack backwards", 3, 0, []step{
+			{send: 10}, {send: 20}, {ack: 20, released: 2}, {ack: 10, err: ErrAckBackwards},
+		}, 0, 20, 20},
+		{"ack beyond sent", 3, 0, []step{
+			{send: 10}, {ack: 11, err: ErrAckBeyondSent},
+		}, 1, 10, 0},
+		{"resume: first batch must pass the start", 3, 100, []step{
+			{send: 100, err: ErrSeqNotIncreasing}, {send: 150}, {ack: 99, err: ErrAckBackwards}, {ack: 150, released: 1},
+		}, 0, 150, 150},
+		{"seq must increase", 3, 0, []step{
+			{send: 10}, {send: 10, err: ErrSeqNotIncreasing}, {send: 5, err: ErrSeqNotIncreasing},
+		}, 1, 10, 0},
+		{"zero max means one", 0, 0, []step{
+			{send: 1}, {send: 2, err: ErrWindowFull},
+		}, 1, 1, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := NewWindow(tt.max, tt.start)
+			for i, s := range tt.steps {
+				var err error
+				var released int
+				if s.ack != 0 {
+					released, err = w.OnAck(s.ack)
+				} else {
+					err = w.OnSend(s.send)
+				}
+				if !errors.Is(err, s.err) || (s.err == nil && err != nil) {
+					t.Fatalf("step %d: err %v, want %v", i, err, s.err)
+				}
+				if released != s.released {
+					t.Fatalf("step %d: released %d, want %d", i, released, s.released)
+				}
+			}
+			if w.Len() != tt.len || w.Sent() != tt.sent || w.Acked() != tt.acked {
+				t.Fatalf("len %d sent %d acked %d, want %d %d %d", w.Len(), w.Sent(), w.Acked(), tt.len, tt.sent, tt.acked)
+			}
+			if w.CanSend() != (w.Len() < w.Max()) {
+				t.Fatal("CanSend inconsistent")
+			}
+		})
+	}
+}
+
+func TestBackoffGrowsWithinBounds(t *testing.T) {
+	b := &Backoff{Min: 100 * time.Millisecond, Max: time.Second, ResetAfter: time.Minute, Rand: rand.New(rand.NewPCG(1, 2))}
+	now := time.Unix(1000, 0)
+	ceilings := []time.Duration{100, 200, 400, 800, 1000, 1000, 1000}
+	for i, c := range ceilings {
+		c *= time.Millisecond
+		d := b.Next(now)
+		if d < b.Min || d > c {
+			t.Fatalf("failure %d: delay %v outside [%v, %v]", i+1, d, b.Min, c)
+		}
+	}
+	if b.Failures() != len(ceilings) {
+		t.Fatalf("failures %d", b.Failures())
+	}
+}
+
+func TestBackoffJitterSpreads(t *testing.T) {
+	b := &Backoff{Min: time.Millisecond, Max: time.Second, Rand: rand.New(rand.NewPCG(3, 4))}
+	now := time.Unix(1000, 0)
+	for range 20 {
+		b.Next(now) // reach the cap
+	}
+	seen := map[time.Duration]bool{}
+	lowHalf := 0
+	for range 200 {
+		d := b.Next(now)
+		seen[d] = true
+		if d < 500*time.Millisecond {
+			lowHalf++
+		}
+	}
+	if len(seen) < 150 || lowHalf < 50 || lowHalf > 150 {
+		t.Fatalf("jitter not spread: %d distinct, %d of 200 in the low half", len(seen), lowHalf)
+	}
+}
+
+func TestBackoffReset(t *testing.T) {
+	b := &Backoff{Min: 100 * time.Millisecond, Max: 10 * time.Second, ResetAfter: 5 * time.Second, Rand: rand.New(rand.NewPCG(5, 6))}
+	t0 := time.Unix(1000, 0)
+	for range 5 {
+		b.Next(t0)
+	}
+	// A short session does not reset the sequence.
+	b.Connected(t0)
+	b.Next(t0.Add(4 * time.Second))
+	if b.Failures() != 6 {
+		t.Fatalf("short session: failures %d, want 6", b.Failures())
+	}
+	// A healthy session does.
+	b.Connected(t0.Add(10 * time.Second))
+	if d := b.Next(t0.Add(15 * time.Second)); b.Failures() != 1 || d != b.Min {
+		t.Fatalf("after a healthy session: failures %d delay %v", b.Failures(), d)
+	}
+}
+
+func TestBackoffDefaults(t *testing.T) {
+	var b Backoff
+	d := b.Next(time.Unix(0, 0))
+	if d != defaultBackoffMin {
+		t.Fatalf("first default delay %v", d)
+	}
+	for range 40 {
+		d = b.Next(time.Unix(0, 0))
+	}
+	if d < defaultBackoffMin || d > defaultBackoffMax {
+		t.Fatalf("default delay %v out of bounds", d)
+	}
+}
