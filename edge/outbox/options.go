@@ -1,0 +1,152 @@
+package outbox
+
+import (
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+)
+
+// Options configure an Outbox. The zero value is ready to use: every field
+// documents the default its zero value stands for.
+type Options struct {
+	// Synchronous is SQLite's synchronous level for commits, which decides
+	// what "committed" means when Append reports success:
+	//   "full" (default for ""): the WAL is fsync'd at every commit; a
+	//          committed message survives a process crash and a power loss.
+	//   "extra": as full, and the directory is synced when the WAL is created
+	//          or deleted.
+	//   "normal": the WAL is fsync'd only at checkpoints; a committed message
+	//          survives a process crash but may be lost with power.
+	// Other values are rejected by Validate.
+	Synchronous string
+
+	// MaxBatchRows caps the rows of one group commit so commit latency stays
+	// bounded under load. 0 means 1000.
+	MaxBatchRows int
+
+	// MaxBatchBytes caps the payload bytes of one group commit (a group
+	// always holds at least one message). 0 means 8 MiB.
+	MaxBatchBytes int
+
+	// QueueLimit is how many messages may wait for the writer; Append blocks
+	// when the queue is full, which is the outbox's backpressure. 0 means
+	// 10000.
+	QueueLimit int
+
+	// BusyTimeout is how long a connection waits on a lock held by another
+	// connection before failing with SQLITE_BUSY. 0 means 5s.
+	BusyTimeout time.Duration
+
+	// CheckpointBytes is the estimated WAL growth after which a PASSIVE
+	// checkpoint is started in the background. SQLite's own auto-checkpoint
+	// is disabled so a checkpoint never runs inside a commit. 0 means 4 MiB.
+	CheckpointBytes int64
+
+	// CheckpointInterval is how often a background PASSIVE checkpoint runs
+	// while anything was written since the last one. 0 means 1s.
+	CheckpointInterval time.Duration
+
+	// JournalSizeLimit is the size the WAL file is truncated to when SQLite
+	// restarts it after a complete checkpoint. 0 means 64 MiB.
+	JournalSizeLimit int64
+
+	// AckChunkRows bounds how many records one delete transaction of an Ack
+	// removes, so a large Ack does not hold back group commits. 0 means
+	// 10000.
+	AckChunkRows int
+
+	// VacuumFreePages is the count of free pages (left by Acks) at which the
+	// writer, when idle, starts returning them to the file system with
+	// incremental_vacuum; it then continues until none are left. 0 means
+	// 1024 pages; a negative value disables reclaiming (freed pages are
+	// still reused by later appends).
+	VacuumFreePages int
+
+	// VacuumStepPages is how many pages one incremental_vacuum step frees;
+	// the writer checks for queued appends between steps. 0 means 256.
+	VacuumStepPages int
+
+	// Logger receives operational logs. nil discards them.
+	Logger *slog.Logger
+
+	// hooks are test seams; nil in production.
+	hooks *testHooks
+}
+
+// testHooks let tests in this package stop the writer at chosen points.
+type testHooks struct {
+	// afterFirst is called by the writer after it took the first message of
+	// a group and before it collects the rest.
+	afterFirst func()
+}
+
+// Validate reports the first invalid field.
+func (o Options) Validate() error {
+	switch strings.ToLower(o.Synchronous) {
+	case "", "full", "normal", "extra":
+	default:
+		return fmt.Errorf("outbox: Options.Synchronous %q: want full, normal or extra", o.Synchronous)
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"MaxBatchRows", int64(o.MaxBatchRows)},
+		{"MaxBatchBytes", int64(o.MaxBatchBytes)},
+		{"QueueLimit", int64(o.QueueLimit)},
+		{"BusyTimeout", int64(o.BusyTimeout)},
+		{"CheckpointBytes", o.CheckpointBytes},
+		{"CheckpointInterval", int64(o.CheckpointInterval)},
+		{"JournalSizeLimit", o.JournalSizeLimit},
+		{"AckChunkRows", int64(o.AckChunkRows)},
+		{"VacuumStepPages", int64(o.VacuumStepPages)},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("outbox: Options.%s is negative (%d)", f.name, f.v)
+		}
+	}
+	return nil
+}
+
+// withDefaults returns o with every zero field replaced by its default.
+func (o Options) withDefaults() Options {
+	if o.Synchronous == "" {
+		o.Synchronous = "full"
+	}
+	o.Synchronous = strings.ToUpper(o.Synchronous)
+	if o.MaxBatchRows == 0 {
+		o.MaxBatchRows = 1000
+	}
+	if o.MaxBatchBytes == 0 {
+		o.MaxBatchBytes = 8 << 20
+	}
+	if o.QueueLimit == 0 {
+		o.QueueLimit = 10000
+	}
+	if o.BusyTimeout == 0 {
+		o.BusyTimeout = 5 * time.Second
+	}
+	if o.CheckpointBytes == 0 {
+		o.CheckpointBytes = 4 << 20
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = time.Second
+	}
+	if o.JournalSizeLimit == 0 {
+		o.JournalSizeLimit = 64 << 20
+	}
+	if o.AckChunkRows == 0 {
+		o.AckChunkRows = 10000
+	}
+	if o.VacuumFreePages == 0 {
+		o.VacuumFreePages = 1024
+	}
+	if o.VacuumStepPages == 0 {
+		o.VacuumStepPages = 256
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	return o
+}

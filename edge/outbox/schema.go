@@ -1,0 +1,72 @@
+package outbox
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// schemaVersion is stored in PRAGMA user_version. Version 0 is a new, empty
+// database. Bump it with a migration step in migrate when the schema changes.
+const schemaVersion = 1
+
+// The records table. seq uses AUTOINCREMENT so SQLite keeps the high-water
+// mark in sqlite_sequence: a plain INTEGER PRIMARY KEY would restart at 1
+// once the table is emptied, and the cloud deduplicates by (gateway, seq).
+// received is Unix nanoseconds, 0 for an unknown time.
+const schemaV1 = `
+CREATE TABLE records (
+	seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+	client_id       TEXT    NOT NULL,
+	username        TEXT    NOT NULL,
+	topic           TEXT    NOT NULL,
+	payload         BLOB    NOT NULL,
+	qos             INTEGER NOT NULL,
+	retain          INTEGER NOT NULL,
+	content_type    TEXT    NOT NULL,
+	event_type      TEXT    NOT NULL,
+	priority        INTEGER NOT NULL,
+	received        INTEGER NOT NULL,
+	user_properties BLOB
+);
+PRAGMA user_version = 1;
+`
+
+const recordColumns = `seq, client_id, username, topic, payload, qos, retain,
+	content_type, event_type, priority, received, user_properties`
+
+const insertSQL = `INSERT INTO records (client_id, username, topic, payload, qos,
+	retain, content_type, event_type, priority, received, user_properties)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// migrate brings the database to schemaVersion inside one immediate
+// transaction, so two processes racing to create it cannot both succeed.
+// A database from a newer build is refused with ErrSchemaVersion.
+func migrate(ctx context.Context, db *sql.DB) error {
+	tx, err := db.BeginTx(ctx, nil) // BEGIN IMMEDIATE via _txlock
+	if err != nil {
+		return fmt.Errorf("outbox: begin schema transaction: %w", err)
+	}
+	defer tx.Rollback() //nolint:errcheck // no-op after Commit
+	var v int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+		return fmt.Errorf("outbox: read schema version: %w", err)
+	}
+	switch {
+	case v == schemaVersion:
+		return nil
+	case v > schemaVersion:
+		return fmt.Errorf("%w: database has version %d, this build knows up to %d", ErrSchemaVersion, v, schemaVersion)
+	case v < 0:
+		return fmt.Errorf("%w: database has version %d", ErrSchemaVersion, v)
+	}
+	// v == 0: a new database (or a foreign one, whose conflicting tables
+	// make CREATE TABLE fail).
+	if _, err := tx.ExecContext(ctx, schemaV1); err != nil {
+		return fmt.Errorf("outbox: create schema: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("outbox: commit schema: %w", classify(err))
+	}
+	return nil
+}
