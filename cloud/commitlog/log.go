@@ -26,6 +26,13 @@ var (
 	ErrCorrupt = errors.New("commitlog: corrupt record")
 	// ErrTooLarge is returned by Append for a record above the log's limit.
 	ErrTooLarge = errors.New("commitlog: record too large")
+	// ErrFailed is returned by every append after the log failed to write
+	// or fsync: the state of the disk is unknown, so the log refuses to
+	// acknowledge anything more (the "fsyncgate" lesson: a failed fsync may
+	// have dropped dirty pages, and retrying it would falsely succeed). The
+	// error also wraps the original cause. Close the log and reopen it; reads
+	// of records acknowledged before the failure keep working until then.
+	ErrFailed = errors.New("commitlog: log failed")
 )
 
 // Record is one entry of the log.
@@ -99,4 +106,21 @@ type Log interface {
 
 	// Close stops the log. Appends in flight complete or fail with ErrClosed.
 	Close() error
+}
+
+// TopicReader is implemented by logs that index records by topic and time
+// (Memory and FileLog). It is a separate interface so that Log stays small
+// for the implementations and fakes that do not need it.
+type TopicReader interface {
+	// ReadTopic returns up to max records of topic with Offset >= from, in
+	// offset order. Like Read it never blocks, returns an empty slice when
+	// there is nothing more (yet), and returns ErrOutOfRange when from is
+	// below FirstOffset.
+	ReadTopic(topic string, from uint64, max int) ([]Record, error)
+
+	// OffsetForTime returns the offset of the first retained record whose
+	// Time is at or after t, or NextOffset() if there is none. Record times
+	// need not grow with offsets (a producer may set them); the answer is
+	// still the first such record in log order.
+	OffsetForTime(t time.Time) (uint64, error)
 }

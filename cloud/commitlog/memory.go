@@ -160,3 +160,40 @@ func (m *Memory) Close() error {
 	}
 	return nil
 }
+
+var _ TopicReader = (*Memory)(nil)
+
+// ReadTopic implements TopicReader by a linear scan.
+func (m *Memory) ReadTopic(topic string, from uint64, max int) ([]Record, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return nil, ErrClosed
+	}
+	if from < m.first {
+		return nil, ErrOutOfRange
+	}
+	var out []Record
+	for i := from - m.first; i < uint64(len(m.recs)) && len(out) < max; i++ {
+		if r := m.recs[i]; r.Topic == topic {
+			r.Value = append([]byte(nil), r.Value...)
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// OffsetForTime implements TopicReader by a linear scan.
+func (m *Memory) OffsetForTime(t time.Time) (uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return 0, ErrClosed
+	}
+	for _, r := range m.recs {
+		if !r.Time.Before(t) {
+			return r.Offset, nil
+		}
+	}
+	return m.first + uint64(len(m.recs)), nil
+}

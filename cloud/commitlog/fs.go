@@ -1,0 +1,63 @@
+package commitlog
+
+import (
+	"io"
+	"io/fs"
+	"os"
+)
+
+// FS is the file system the log works through. It is injected (Options.FS)
+// so tests can simulate failed writes, failed fsyncs, torn writes and power
+// loss (see FaultFS); production uses OSFS. Paths are OS paths.
+type FS interface {
+	OpenFile(name string, flag int, perm fs.FileMode) (File, error)
+	Remove(name string) error
+	Rename(oldpath, newpath string) error
+	ReadDir(name string) ([]fs.DirEntry, error)
+	MkdirAll(path string, perm fs.FileMode) error
+	// SyncDir makes the directory's entries (files created, renamed or
+	// removed in it) durable.
+	SyncDir(name string) error
+}
+
+// File is an open file of an FS. ReadAt may be called concurrently with
+// WriteAt on other regions of the file (as with *os.File).
+type File interface {
+	io.ReaderAt
+	io.WriterAt
+	io.Closer
+	// Sync makes the file's data durable (fsync).
+	Sync() error
+	Truncate(size int64) error
+	Stat() (fs.FileInfo, error)
+}
+
+// OSFS is the FS of the operating system.
+type OSFS struct{}
+
+var _ FS = OSFS{}
+
+func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
+	f, err := os.OpenFile(name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+func (OSFS) Remove(name string) error                     { return os.Remove(name) }
+func (OSFS) Rename(oldpath, newpath string) error         { return os.Rename(oldpath, newpath) }
+func (OSFS) ReadDir(name string) ([]fs.DirEntry, error)   { return os.ReadDir(name) }
+func (OSFS) MkdirAll(path string, perm fs.FileMode) error { return os.MkdirAll(path, perm) }
+
+func (OSFS) SyncDir(name string) error {
+	d, err := os.Open(name)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

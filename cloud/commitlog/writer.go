@@ -1,0 +1,333 @@
+package commitlog
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+)
+
+// request is one queued Append/AppendAsync, or a control action (ctl) that
+// the writer runs between groups.
+type request struct {
+	frames []byte      // encoded frames, offset/time/checksum not set
+	metas  []recordRef // one per record, in order
+	err    error       // refused when queued: done gets it
+	ctl    func() error
+	done   func(AppendResult, error)
+	res    AppendResult
+}
+
+// recordRef locates one record's frame in request.frames and carries what
+// the writer needs without decoding it.
+type recordRef struct {
+	start, end      int
+	topic, producer string
+	seq             uint64
+	nanos           int64
+	hasTime         bool
+}
+
+// queue hands requests from the appenders to the writer in call order.
+type queue struct {
+	mu     sync.Mutex
+	items  []*request
+	closed bool
+	wake   chan struct{} // capacity 1: "items may be waiting"
+}
+
+func (q *queue) push(r *request) bool {
+	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, r)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+func (q *queue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// take blocks until requests are queued or the queue is closed. It returns
+// either one control request or a group of appends holding at most
+// maxBytes of frames (at least one append). Once the queue is closed it
+// returns everything left with closed set.
+func (q *queue) take(maxBytes int) (group []*request, closed bool) {
+	for {
+		q.mu.Lock()
+		if q.closed {
+			group, q.items = q.items, nil
+			q.mu.Unlock()
+			return group, true
+		}
+		if len(q.items) > 0 {
+			n, size := 1, len(q.items[0].frames)
+			if q.items[0].ctl == nil {
+				for n < len(q.items) && q.items[n].ctl == nil && size+len(q.items[n].frames) <= maxBytes {
+					size += len(q.items[n].frames)
+					n++
+				}
+			}
+			group = append([]*request(nil), q.items[:n]...)
+			clear(q.items[:n])
+			q.items = q.items[n:]
+			q.mu.Unlock()
+			return group, false
+		}
+		q.mu.Unlock()
+		<-q.wake
+	}
+}
+
+// writer is the state of the writer goroutine: the active segment's
+// unpublished tail and the tentative high-water marks. Nothing else touches
+// it after Open.
+type writer struct {
+	l      *FileLog
+	active *segment
+	size   int64  // bytes of active written to the file (>= active.size)
+	next   uint64 // offset of the next record
+	hwm    map[string]uint64
+	runMax int64 // largest record time so far
+	idx    indexer
+	ckpt   uint64 // the durable checkpoint is valid below this offset
+	failed error  // set once; every later append fails with it
+
+	buf   []byte // frames of the current group not yet written
+	dirty bool   // active has data written since its last fsync
+
+	// What the current group will publish.
+	pieces    []piece
+	topicAdds []topicAdd
+	hwmAdds   []hwmAdd
+	rolled    bool
+}
+
+// piece is what a group adds to one segment.
+type piece struct {
+	seg     *segment
+	size    int64
+	next    uint64
+	runMax  int64
+	entries []indexEntry
+}
+
+type topicAdd struct {
+	topic string
+	off   uint64
+}
+
+type hwmAdd struct {
+	producer string
+	seq      uint64
+}
+
+func (w *writer) run() {
+	defer close(w.l.writerDone)
+	for {
+		group, closed := w.l.q.take(w.l.opts.MaxGroupBytes)
+		if closed {
+			for _, r := range group {
+				r.done(AppendResult{}, ErrClosed)
+			}
+			return
+		}
+		if len(group) == 1 && group[0].ctl != nil {
+			group[0].done(AppendResult{}, group[0].ctl())
+			continue
+		}
+		w.commit(group)
+		if w.rolled && w.failed == nil {
+			w.rolled = false
+			_ = w.enforceRetention()
+		}
+	}
+}
+
+// commit appends one group: dedup, assign offsets, write, fsync, publish,
+// complete.
+func (w *writer) commit(group []*request) {
+	if w.failed != nil {
+		for _, r := range group {
+			r.done(AppendResult{}, w.failed)
+		}
+		return
+	}
+	l := w.l
+	now := l.opts.Now().UnixNano()
+	w.pieces, w.topicAdds, w.hwmAdds = w.pieces[:0], w.topicAdds[:0], w.hwmAdds[:0]
+	for _, r := range group {
+		if r.err != nil {
+			continue
+		}
+		for i := range r.metas {
+			m := &r.metas[i]
+			if m.producer != "" && m.seq <= w.hwm[m.producer] {
+				r.res.Duplicates++
+				continue
+			}
+			frame := r.frames[m.start:m.end]
+			if used := w.size + int64(len(w.buf)); used > 0 && used+int64(len(frame)) > l.opts.SegmentBytes {
+				if err := w.roll(); err != nil {
+					w.fail(group, err)
+					return
+				}
+			}
+			if m.producer != "" {
+				w.hwm[m.producer] = m.seq
+				w.hwmAdds = append(w.hwmAdds, hwmAdd{m.producer, m.seq})
+			}
+			off := w.next
+			w.next++
+			nanos := now
+			if m.hasTime {
+				nanos = m.nanos
+			}
+			pos := w.size + int64(len(w.buf))
+			w.buf = append(w.buf, frame...)
+			sealFrame(w.buf[len(w.buf)-len(frame):], off, nanos)
+
+			p := w.piece()
+			if w.idx.want(pos) {
+				p.entries = append(p.entries, indexEntry{rel: uint32(off - w.active.base), pos: uint32(pos), maxBefore: w.runMax})
+				w.idx.lastPos = pos
+			}
+			w.runMax = max(w.runMax, nanos)
+			p.size, p.next, p.runMax = pos+int64(len(frame)), off+1, w.runMax
+			w.topicAdds = append(w.topicAdds, topicAdd{m.topic, off})
+
+			if r.res.Appended == 0 {
+				r.res.FirstOffset = off
+			}
+			r.res.LastOffset = off
+			r.res.Appended++
+		}
+	}
+	if err := w.flush(); err != nil {
+		w.fail(group, err)
+		return
+	}
+	w.publish()
+	for _, r := range group {
+		if r.err != nil {
+			r.done(AppendResult{}, r.err)
+		} else {
+			r.done(r.res, nil)
+		}
+	}
+}
+
+// piece returns the current group's piece of the active segment.
+func (w *writer) piece() *piece {
+	if k := len(w.pieces); k > 0 && w.pieces[k-1].seg == w.active {
+		return &w.pieces[k-1]
+	}
+	w.pieces = append(w.pieces, piece{seg: w.active})
+	return &w.pieces[len(w.pieces)-1]
+}
+
+// flush writes the buffered frames to the active segment and fsyncs it.
+func (w *writer) flush() error {
+	if len(w.buf) > 0 {
+		if _, err := w.active.f.WriteAt(w.buf, w.size); err != nil {
+			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
+		}
+		w.size += int64(len(w.buf))
+		w.buf = w.buf[:0]
+		w.dirty = true
+	}
+	if w.dirty {
+		if err := w.active.f.Sync(); err != nil {
+			return fmt.Errorf("commitlog: fsync %s: %w", w.active.path, err)
+		}
+		w.dirty = false
+	}
+	return nil
+}
+
+// roll makes the active segment durable, starts a new one and writes the
+// high-water-mark checkpoint for everything before it.
+func (w *writer) roll() error {
+	if err := w.flush(); err != nil {
+		return err
+	}
+	l := w.l
+	base := w.next
+	path := filepath.Join(l.dir, segmentName(base))
+	f, err := l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return fmt.Errorf("commitlog: create segment: %w", err)
+	}
+	if err := l.fs.SyncDir(l.dir); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("commitlog: create segment %s: fsync directory: %w", path, err)
+	}
+	s := newSegment(l.dir, base, f, w.runMax)
+	l.mu.Lock()
+	l.segments = append(l.segments, s)
+	l.mu.Unlock()
+	w.active, w.size, w.idx.lastPos = s, 0, -1
+	w.rolled = true
+
+	// A failed checkpoint does not fail appends: retention just keeps the
+	// segments the last good checkpoint does not cover, and the next roll
+	// tries again.
+	if err := writeCheckpoint(l.fs, l.dir, base, w.hwm); err != nil {
+		l.log.Error("commitlog: high-water-mark checkpoint failed; retention is held back", "offset", base, "err", err)
+	} else {
+		w.ckpt = base
+	}
+	return nil
+}
+
+// publish makes the group visible to readers.
+func (w *writer) publish() {
+	l := w.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, p := range w.pieces {
+		s := p.seg
+		l.bytes += p.size - s.size
+		s.size, s.next, s.runMax = p.size, p.next, p.runMax
+		s.index = append(s.index, p.entries...)
+	}
+	for _, t := range w.topicAdds {
+		l.topics.add(t.topic, t.off)
+	}
+	for _, h := range w.hwmAdds {
+		l.hwm[h.producer] = h.seq
+	}
+	if l.next != w.next {
+		l.next = w.next
+		if !l.closed {
+			close(l.changed)
+			l.changed = make(chan struct{})
+		}
+	}
+}
+
+// fail puts the log in the failed state and fails the group.
+func (w *writer) fail(group []*request, err error) {
+	w.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+	w.l.log.Error("commitlog: append failed; refusing further appends until reopened", "err", err)
+	for _, r := range group {
+		if r.err != nil {
+			r.done(AppendResult{}, r.err)
+		} else {
+			r.done(AppendResult{}, w.failed)
+		}
+	}
+}
