@@ -156,9 +156,9 @@ func testReadLimits(t *testing.T, b backend) {
 		mustAppend(t, l, Record{Topic: "t", Value: bytes.Repeat([]byte{byte(i)}, 100)})
 	}
 	cases := []struct {
-		from               uint64
+		from                 uint64
 		maxRecords, maxBytes int
-		want               []uint64
+		want                 []uint64
 	}{
 		{0, 3, 1 << 20, []uint64{0, 1, 2}},
 		{10, 100, 250, []uint64{10, 11}},
@@ -202,7 +202,7 @@ func testDedup(t *testing.T, b backend) {
 		want AppendResult
 	}{
 		{[]Record{rec("t", "g", 1), rec("t", "g", 2)}, AppendResult{Appended: 2, FirstOffset: 0, LastOffset: 1}},
-		{[]Record{rec("t", "g", 1), rec("t", "g", 2)}, AppendResult{Duplicates: 2}},                             // resend
+		{[]Record{rec("t", "g", 1), rec("t", "g", 2)}, AppendResult{Duplicates: 2}}, // resend
 		{[]Record{rec("t", "g", 2), rec("t", "g", 3)}, AppendResult{Appended: 1, Duplicates: 1, FirstOffset: 2, LastOffset: 2}},
 		{[]Record{rec("t", "g", 10), rec("t", "g", 5)}, AppendResult{Appended: 1, Duplicates: 1, FirstOffset: 3, LastOffset: 3}}, // below the mark inside one batch
 		{[]Record{rec("t", "h", 1), rec("t", "h", 1)}, AppendResult{Appended: 1, Duplicates: 1, FirstOffset: 4, LastOffset: 4}},
