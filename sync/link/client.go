@@ -1,0 +1,579 @@
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"google.golang.org/protobuf/proto"
+
+	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/flow"
+	"github.com/tributary-io/tributary/sync/wire"
+)
+
+// ClientConfig configures a Client. Fields left zero take the documented
+// defaults.
+type ClientConfig struct {
+	// Addr is the cloud's UDP address, host:port. Required.
+	Addr string
+	// TLS presents the gateway certificate and verifies the cloud
+	// (pki.ClientTLS builds one). Required. NextProtos empty means [ALPN].
+	TLS *tls.Config
+	// GatewayID is sent in Hello. The cloud takes the identity from the
+	// certificate and refuses a Hello naming another gateway. Empty sends
+	// none.
+	GatewayID string
+	// SoftwareVersion is sent in Hello for the cloud's logs. Empty sends none.
+	SoftwareVersion string
+	// Window caps the batches in flight; the cloud's Welcome.window caps it
+	// too, the smaller wins. Zero means 8.
+	Window int
+	// MaxBatchBytes is the approximate payload of one batch, passed to
+	// Source.Read; batches are also split to fit the cloud's frame limit.
+	// Zero means 1 MiB.
+	MaxBatchBytes int
+	// MaxBatchRecords caps the records of one batch. Zero means 4096.
+	MaxBatchRecords int
+	// Linger is how long a batch that is not full waits for more records
+	// before it is sent. Zero means 5 ms; negative sends at once.
+	Linger time.Duration
+	// CompressAbove zstd-compresses a batch whose records encode to more
+	// bytes than this. Zero means 4 KiB; negative never compresses.
+	CompressAbove int
+	// Backoff spaces reconnect attempts. Its zero value is usable (see
+	// flow.Backoff for its defaults). The Client owns it once Run starts.
+	Backoff flow.Backoff
+	// DialTimeout bounds connecting: QUIC and TLS handshakes, Hello and
+	// Welcome. Zero means 10 s.
+	DialTimeout time.Duration
+	// KeepAlivePeriod is the QUIC keep-alive period, which keeps NAT
+	// bindings and the idle timer alive on a quiet link. Zero means 15 s.
+	KeepAlivePeriod time.Duration
+	// MaxIdleTimeout closes a connection that heard nothing from the cloud
+	// (keep-alives included) for this long. Zero means 30 s.
+	MaxIdleTimeout time.Duration
+	// OnState, if set, is called on every state change, from Run's
+	// goroutine; err is why a session ended (nil otherwise). It must not
+	// block.
+	OnState func(state State, err error)
+	// Logger receives the client's logs. Nil discards them.
+	Logger *slog.Logger
+	// Now is the clock used for backoff decisions. Nil means time.Now.
+	Now func() time.Time
+}
+
+const (
+	defaultClientWindow  = 8
+	defaultBatchBytes    = 1 << 20
+	defaultBatchRecords  = 4096
+	defaultLinger        = 5 * time.Millisecond
+	defaultCompressAbove = 4 << 10
+	defaultDialTimeout   = 10 * time.Second
+)
+
+// Validate reports a configuration that cannot work.
+func (c *ClientConfig) Validate() error {
+	switch {
+	case c.Addr == "":
+		return errors.New("link: ClientConfig.Addr is required")
+	case c.TLS == nil:
+		return errors.New("link: ClientConfig.TLS is required")
+	case c.Window < 0, c.MaxBatchBytes < 0, c.MaxBatchRecords < 0, c.DialTimeout < 0,
+		c.KeepAlivePeriod < 0, c.MaxIdleTimeout < 0:
+		return errors.New("link: ClientConfig fields must not be negative (except Linger, CompressAbove)")
+	}
+	return nil
+}
+
+func (c ClientConfig) withDefaults() ClientConfig {
+	if c.Window == 0 {
+		c.Window = defaultClientWindow
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = defaultBatchBytes
+	}
+	if c.MaxBatchRecords == 0 {
+		c.MaxBatchRecords = defaultBatchRecords
+	}
+	if c.Linger == 0 {
+		c.Linger = defaultLinger
+	}
+	if c.CompressAbove == 0 {
+		c.CompressAbove = defaultCompressAbove
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = defaultDialTimeout
+	}
+	if c.KeepAlivePeriod == 0 {
+		c.KeepAlivePeriod = defaultKeepAlive
+	}
+	if c.MaxIdleTimeout == 0 {
+		c.MaxIdleTimeout = defaultIdleTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.TLS != nil && len(c.TLS.NextProtos) == 0 {
+		c.TLS = c.TLS.Clone()
+		c.TLS.NextProtos = []string{ALPN}
+	}
+	return c
+}
+
+// State is the Client's link state.
+type State int
+
+const (
+	// Disconnected: no session; waiting out the backoff (or not started).
+	Disconnected State = iota
+	// Connecting: dialing, or waiting for Welcome.
+	Connecting
+	// Connected: a session is open and forwarding.
+	Connected
+)
+
+func (s State) String() string {
+	switch s {
+	case Disconnected:
+		return "disconnected"
+	case Connecting:
+		return "connecting"
+	case Connected:
+		return "connected"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// ClientStats are a Client's counters. Sequences are outbox sequences.
+type ClientStats struct {
+	State State
+	// SentSeq is the last seq sent in the current session; AckedSeq the
+	// highest seq the cloud acknowledged (and the Source was told).
+	SentSeq, AckedSeq uint64
+	// BatchesSent, BatchesAcked, RecordsSent and BytesSent (frame bytes)
+	// count over all sessions; resent records count again.
+	BatchesSent, BatchesAcked, RecordsSent, BytesSent uint64
+	// Sessions counts Welcomes received; Reconnects sessions or dial
+	// attempts that failed and were retried.
+	Sessions, Reconnects uint64
+	// LastError is why the last session or dial attempt ended ("" if none).
+	LastError string
+}
+
+// Client is the gateway side of a sync link: it drains a Source to the
+// cloud and acknowledges to the Source what the cloud made durable.
+//
+// Records are sent in seq order, a window of batches at a time; records sent
+// but not acknowledged when a session ends are sent again after the next
+// Welcome, from the cloud's high-water mark (the cloud drops duplicates).
+// The Source is told Ack(seq) only with seqs the cloud acknowledged, in
+// increasing order.
+type Client struct {
+	cfg ClientConfig
+	src Source
+	log *slog.Logger
+
+	runMu sync.Mutex // held by Run: one Run at a time
+
+	state                                             atomic.Int32
+	sentSeq, ackedSeq                                 atomic.Uint64
+	batchesSent, batchesAcked, recordsSent, bytesSent atomic.Uint64
+	sessions, reconnects                              atomic.Uint64
+	lastErr                                           atomic.Pointer[string]
+}
+
+// NewClient returns a Client draining src. cfg is checked by Run.
+func NewClient(cfg ClientConfig, src Source) *Client {
+	cfg = cfg.withDefaults()
+	return &Client{cfg: cfg, src: src, log: cfg.Logger}
+}
+
+// Stats returns the client's counters.
+func (c *Client) Stats() ClientStats {
+	st := ClientStats{
+		State:        State(c.state.Load()),
+		SentSeq:      c.sentSeq.Load(),
+		AckedSeq:     c.ackedSeq.Load(),
+		BatchesSent:  c.batchesSent.Load(),
+		BatchesAcked: c.batchesAcked.Load(),
+		RecordsSent:  c.recordsSent.Load(),
+		BytesSent:    c.bytesSent.Load(),
+		Sessions:     c.sessions.Load(),
+		Reconnects:   c.reconnects.Load(),
+	}
+	if p := c.lastErr.Load(); p != nil {
+		st.LastError = *p
+	}
+	return st
+}
+
+func (c *Client) setState(s State, err error) {
+	if err != nil {
+		msg := err.Error()
+		c.lastErr.Store(&msg)
+	}
+	if State(c.state.Swap(int32(s))) == s && err == nil {
+		return
+	}
+	if c.cfg.OnState != nil {
+		c.cfg.OnState(s, err)
+	}
+}
+
+// Run keeps the link up until ctx ends, reconnecting with the backoff after
+// every failure, and returns nil then. It returns early only for errors
+// that retrying cannot fix: an invalid config, or ErrRecordTooLarge.
+func (c *Client) Run(ctx context.Context) error {
+	if err := c.cfg.Validate(); err != nil {
+		return err
+	}
+	if !c.runMu.TryLock() {
+		return errors.New("link: Client.Run is already running")
+	}
+	defer c.runMu.Unlock()
+	defer c.setState(Disconnected, nil)
+	for {
+		err := c.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrRecordTooLarge) {
+			c.setState(Disconnected, err)
+			c.log.Error("sync link stopped", "err", err)
+			return err
+		}
+		c.reconnects.Add(1)
+		delay := c.cfg.Backoff.Next(c.cfg.Now())
+		c.setState(Disconnected, err)
+		c.log.Warn("sync link down", "err", err, "retry_in", delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// ackSource tells the source that everything up to seq is durable, if that
+// is news.
+func (c *Client) ackSource(seq uint64) error {
+	if seq <= c.ackedSeq.Load() {
+		return nil
+	}
+	if err := c.src.Ack(seq); err != nil {
+		return fmt.Errorf("source ack %d: %w", seq, err)
+	}
+	c.ackedSeq.Store(seq)
+	return nil
+}
+
+// session runs one connection: dial, Hello/Welcome, then the send loop. It
+// returns why the session ended.
+func (c *Client) session(ctx context.Context) (err error) {
+	c.setState(Connecting, nil)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	dctx, dcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer dcancel()
+	conn, err := quic.DialAddr(dctx, c.cfg.Addr, c.cfg.TLS, &quic.Config{
+		HandshakeIdleTimeout:  c.cfg.DialTimeout,
+		MaxIdleTimeout:        c.cfg.MaxIdleTimeout,
+		KeepAlivePeriod:       c.cfg.KeepAlivePeriod,
+		MaxIncomingStreams:    -1,
+		MaxIncomingUniStreams: -1,
+	})
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", c.cfg.Addr, err)
+	}
+	// Closing twice is harmless: sendLoop closes with its own code first.
+	defer func() { _ = conn.CloseWithError(0, "") }()
+
+	str, err := conn.OpenStreamSync(dctx)
+	if err != nil {
+		return fmt.Errorf("open stream: %w", remoteClose(err))
+	}
+	welcome, err := c.handshake(str)
+	if err != nil {
+		return err
+	}
+	dcancel()
+
+	hwm := welcome.GetHighWaterMark()
+	if acked := c.ackedSeq.Load(); hwm < acked {
+		// The cloud holds less than it acknowledged before (a restored
+		// log?). What the source deleted is gone; resume after it.
+		c.log.Error("cloud high-water mark below an earlier ack", "high_water_mark", hwm, "acked", acked)
+		hwm = acked
+	}
+	if err := c.ackSource(hwm); err != nil {
+		return err
+	}
+	window := c.cfg.Window
+	if w := int(welcome.GetWindow()); w > 0 {
+		window = min(window, w)
+	}
+	maxFrame := wire.MaxFrameBytes
+	if m := int(welcome.GetMaxFrameBytes()); m > 0 {
+		maxFrame = min(maxFrame, m)
+	}
+	c.sessions.Add(1)
+	c.sentSeq.Store(hwm)
+	c.cfg.Backoff.Connected(c.cfg.Now())
+	c.setState(Connected, nil)
+	c.log.Info("sync link up", "addr", c.cfg.Addr, "high_water_mark", hwm, "window", window)
+
+	sl := &sendLoop{c: c, str: str, win: flow.NewWindow(window, hwm), maxFrame: maxFrame}
+	return sl.run(ctx, conn)
+}
+
+// handshake sends Hello and reads Welcome.
+func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
+	deadline := time.Now().Add(c.cfg.DialTimeout)
+	_ = str.SetDeadline(deadline)
+	defer func() { _ = str.SetDeadline(time.Time{}) }()
+	hello := &syncv1.Hello{
+		ProtocolVersion: syncv1.Version_VERSION_1,
+		GatewayId:       c.cfg.GatewayID,
+		SoftwareVersion: c.cfg.SoftwareVersion,
+	}
+	if err := wire.WriteFrame(str, &syncv1.Frame{Body: &syncv1.Frame_Hello{Hello: hello}}); err != nil {
+		return nil, fmt.Errorf("send Hello: %w", remoteClose(err))
+	}
+	f, err := wire.ReadFrame(str, wire.MaxFrameBytes)
+	if err != nil {
+		return nil, fmt.Errorf("read Welcome: %w", remoteClose(err))
+	}
+	if e := f.GetError(); e != nil {
+		return nil, &RemoteError{Code: e.GetCode(), Message: e.GetMessage()}
+	}
+	w := f.GetWelcome()
+	if w == nil {
+		return nil, fmt.Errorf("%w: expected Welcome, got %s", ErrProtocol, frameKind(f))
+	}
+	if w.GetProtocolVersion() != syncv1.Version_VERSION_1 {
+		return nil, fmt.Errorf("%w: Welcome with version %d", ErrProtocol, w.GetProtocolVersion())
+	}
+	return w, nil
+}
+
+// sendLoop is one session's pipeline. Its run goroutine reads the source,
+// writes batches and applies acks; a reader goroutine reads the cloud's
+// frames and coalesces acks (they are cumulative) so that it never blocks.
+type sendLoop struct {
+	c        *Client
+	str      *quic.Stream
+	win      *flow.Window
+	maxFrame int
+
+	mu      sync.Mutex
+	lastAck uint64
+	ackCh   chan struct{} // cap 1: lastAck changed
+	errCh   chan error    // cap 1: the reader's final error
+}
+
+func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
+	sl.ackCh = make(chan struct{}, 1)
+	sl.errCh = make(chan error, 1)
+	sl.lastAck = sl.win.Acked()
+	var readerDone sync.WaitGroup
+	readerDone.Add(1)
+	go func() {
+		defer readerDone.Done()
+		sl.errCh <- sl.readLoop()
+	}()
+	// Closing the connection stops the reader; waiting keeps it from
+	// outliving the session. A protocol error of the cloud is reported in
+	// the close.
+	defer func() {
+		code, msg := quic.ApplicationErrorCode(0), ""
+		if errors.Is(err, ErrProtocol) {
+			code, msg = closeCode(syncv1.ErrorCode_ERROR_CODE_PROTOCOL), err.Error()
+		}
+		_ = conn.CloseWithError(code, msg)
+		readerDone.Wait()
+	}()
+
+	waitCh := make(chan error, 1)
+	waiting := false
+	for {
+		if err := sl.fill(ctx); err != nil {
+			return err
+		}
+		if sl.win.CanSend() && !waiting {
+			waiting = true
+			after := sl.win.Sent()
+			go func() { waitCh <- sl.c.src.Wait(ctx, after) }()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-sl.errCh:
+			// Acks that arrived before the end are still good news.
+			if ackErr := sl.applyAck(); ackErr != nil {
+				sl.c.log.Warn("ack before session end not applied", "err", ackErr)
+			}
+			return err
+		case <-sl.ackCh:
+			if err := sl.applyAck(); err != nil {
+				return err
+			}
+		case err := <-waitCh:
+			waiting = false
+			if err != nil && ctx.Err() == nil {
+				return fmt.Errorf("source wait: %w", err)
+			}
+		}
+	}
+}
+
+// fill sends batches while the window has room and the source has records.
+func (sl *sendLoop) fill(ctx context.Context) error {
+	cfg := &sl.c.cfg
+	for sl.win.CanSend() {
+		recs, err := sl.c.src.Read(sl.win.Sent(), cfg.MaxBatchRecords, cfg.MaxBatchBytes)
+		if err != nil {
+			return fmt.Errorf("source read: %w", err)
+		}
+		if len(recs) == 0 {
+			return nil
+		}
+		if cfg.Linger > 0 && len(recs) < cfg.MaxBatchRecords && payloadSize(recs) < cfg.MaxBatchBytes {
+			if err := sl.linger(ctx); err != nil {
+				return err
+			}
+			if recs, err = sl.c.src.Read(sl.win.Sent(), cfg.MaxBatchRecords, cfg.MaxBatchBytes); err != nil {
+				return fmt.Errorf("source read: %w", err)
+			}
+		}
+		if err := sl.send(recs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// linger waits cfg.Linger for more records, applying acks meanwhile.
+func (sl *sendLoop) linger(ctx context.Context) error {
+	t := time.NewTimer(sl.c.cfg.Linger)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-sl.errCh:
+			return err
+		case <-sl.ackCh:
+			if err := sl.applyAck(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func payloadSize(recs []*syncv1.Record) int {
+	n := 0
+	for _, r := range recs {
+		n += proto.Size(r)
+	}
+	return n
+}
+
+// send writes recs as one or more batches that fit the cloud's frame limit.
+func (sl *sendLoop) send(recs []*syncv1.Record) error {
+	for len(recs) > 0 {
+		n := len(recs)
+		var f *syncv1.Frame
+		for {
+			b, err := wire.EncodeRecords(recs[:n], sl.c.cfg.CompressAbove)
+			if err != nil {
+				return fmt.Errorf("source returned records that cannot be sent: %w", err)
+			}
+			f = &syncv1.Frame{Body: &syncv1.Frame_Batch{Batch: b}}
+			if size := proto.Size(f) + 4; size <= sl.maxFrame {
+				break
+			}
+			if n == 1 {
+				return fmt.Errorf("%w: seq %d encodes to more than %d bytes", ErrRecordTooLarge, recs[0].GetSeq(), sl.maxFrame)
+			}
+			n /= 2
+		}
+		if !sl.win.CanSend() {
+			// A split batch found the window full: the rest waits its turn.
+			return nil
+		}
+		last := recs[n-1].GetSeq()
+		if err := sl.win.OnSend(last); err != nil {
+			return fmt.Errorf("source records out of order: %w", err)
+		}
+		if err := wire.WriteFrame(sl.str, f); err != nil {
+			return fmt.Errorf("send batch: %w", remoteClose(err))
+		}
+		sl.c.sentSeq.Store(last)
+		sl.c.batchesSent.Add(1)
+		sl.c.recordsSent.Add(uint64(n))
+		sl.c.bytesSent.Add(uint64(proto.Size(f) + 4))
+		recs = recs[n:]
+	}
+	return nil
+}
+
+// applyAck applies the latest cumulative ack to the window and the source.
+func (sl *sendLoop) applyAck() error {
+	sl.mu.Lock()
+	ack := sl.lastAck
+	sl.mu.Unlock()
+	released, err := sl.win.OnAck(ack)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrProtocol, err)
+	}
+	sl.c.batchesAcked.Add(uint64(released))
+	return sl.c.ackSource(ack)
+}
+
+// readLoop reads the cloud's frames until the stream or connection ends.
+func (sl *sendLoop) readLoop() error {
+	for {
+		f, err := wire.ReadFrame(sl.str, wire.MaxFrameBytes)
+		if err != nil {
+			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrFrameTooLarge) {
+				return fmt.Errorf("%w: %w", ErrProtocol, err)
+			}
+			return fmt.Errorf("read: %w", remoteClose(err))
+		}
+		switch body := f.GetBody().(type) {
+		case *syncv1.Frame_Ack:
+			sl.mu.Lock()
+			seq := body.Ack.GetAckedSeq()
+			prev := sl.lastAck
+			if seq >= prev {
+				sl.lastAck = seq
+			}
+			sl.mu.Unlock()
+			if seq < prev {
+				return fmt.Errorf("%w: ack %d after %d", ErrProtocol, seq, prev)
+			}
+			select {
+			case sl.ackCh <- struct{}{}:
+			default:
+			}
+		case *syncv1.Frame_Error:
+			return &RemoteError{Code: body.Error.GetCode(), Message: body.Error.GetMessage()}
+		default:
+			return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, frameKind(f))
+		}
+	}
+}
