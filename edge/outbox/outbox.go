@@ -116,8 +116,8 @@ func Open(path string, opts Options) (*Outbox, error) {
 		return nil, err
 	}
 	opts = opts.withDefaults()
-	if path == "" || strings.ContainsAny(path, "?#") || strings.HasPrefix(path, "file:") || path == ":memory:" {
-		return nil, fmt.Errorf("outbox: path %q: want a plain file name without '?' or '#'", path)
+	if path == "" || strings.Contains(path, "?") || strings.HasPrefix(path, "file:") || path == ":memory:" {
+		return nil, fmt.Errorf("outbox: path %q: want a plain file name without '?'", path)
 	}
 	lock, err := lockFile(path + ".lock")
 	if err != nil {

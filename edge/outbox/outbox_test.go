@@ -747,3 +747,21 @@ func pollUntil(timeout time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// TestBackgroundCheckpoint: with SQLite's auto-checkpoint off, the outbox's
+// own checkpointer must copy the WAL into the database.
+func TestBackgroundCheckpoint(t *testing.T) {
+	o := openT(t, dbPath(t), Options{CheckpointBytes: 1, CheckpointInterval: time.Hour})
+	for i := range 5 {
+		if _, err := o.AppendWait(context.Background(), testMessage(0, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The hour-long interval rules out the ticker: the size signal did it.
+	if !pollUntil(30*time.Second, func() bool { return o.Stats().Checkpoints > 0 }) {
+		t.Fatalf("no checkpoint ran: %+v", o.Stats())
+	}
+	if st := o.Stats(); st.CheckpointErrors != 0 {
+		t.Fatalf("checkpoint errors: %+v", st)
+	}
+}

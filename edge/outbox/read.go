@@ -29,7 +29,7 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 		`SELECT `+recordColumns+` FROM records WHERE seq > ? ORDER BY seq LIMIT ?`,
 		int64(min(after, 1<<63-1)), maxRecords)
 	if err != nil {
-		return nil, fmt.Errorf("outbox: read after %d: %w", after, err)
+		return nil, o.readErr(after, err)
 	}
 	defer rows.Close()
 	var (
@@ -67,12 +67,23 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("outbox: read after %d: %w", after, err)
+		return nil, o.readErr(after, err)
 	}
 	if out == nil {
 		out = []Record{}
 	}
 	return out, nil
+}
+
+// readErr reports a failed query as ErrClosed when Close closed the pool
+// under it.
+func (o *Outbox) readErr(after uint64, err error) error {
+	select {
+	case <-o.closing:
+		return fmt.Errorf("%w (read after %d: %w)", ErrClosed, after, err)
+	default:
+		return fmt.Errorf("outbox: read after %d: %w", after, err)
+	}
 }
 
 // Wait returns nil once a record with seq > after has been committed (at
