@@ -22,6 +22,7 @@ const (
 	envCrashDB    = "OUTBOX_CRASH_DB"
 	envCrashMode  = "OUTBOX_CRASH_MODE"  // "durable" or "early" (the control)
 	envCrashRound = "OUTBOX_CRASH_ROUND" // distinguishes rounds' client ids
+	envCrashSync  = "OUTBOX_CRASH_SYNC"  // Options.Synchronous of the child
 	crashClients  = 8
 	crashWindow   = 50 // messages in flight per client, like an MQTT receive maximum
 )
@@ -37,7 +38,7 @@ func TestHelperProcess(t *testing.T) {
 	var round int
 	fmt.Sscan(os.Getenv(envCrashRound), &round)
 
-	opts := Options{}
+	opts := Options{Synchronous: os.Getenv(envCrashSync)}
 	early := mode == "early"
 	if early {
 		// The control reports each message before it is committed, and
@@ -94,10 +95,10 @@ type reported struct {
 
 // runCrashChild starts the child, reads its reports until it has `kill`
 // of them, SIGKILLs it, and returns every complete report it made.
-func runCrashChild(t *testing.T, path, mode string, round, kill int) []reported {
+func runCrashChild(t *testing.T, path, mode, sync string, round, kill int) []reported {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envCrashDB+"="+path, envCrashMode+"="+mode, fmt.Sprintf("%s=%d", envCrashRound, round))
+	cmd.Env = append(os.Environ(), envCrashDB+"="+path, envCrashMode+"="+mode, envCrashSync+"="+sync, fmt.Sprintf("%s=%d", envCrashRound, round))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
@@ -203,19 +204,25 @@ func checkCrash(t *testing.T, path string, reps []reported, byKey bool) []string
 }
 
 // TestCrashKill: every message whose callback reported success survives
-// SIGKILL, across several kill/reopen rounds on the same file.
+// SIGKILL, across several kill/reopen rounds on the same file, at every
+// Synchronous level (a process crash loses nothing even at "normal"; only a
+// power loss could, which this test cannot simulate).
 func TestCrashKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("spawns child processes")
 	}
 	path := dbPath(t)
-	for round, kill := range []int{3000, 1000, 5000} {
-		reps := runCrashChild(t, path, "durable", round, kill)
+	for round, tc := range []struct {
+		sync string
+		kill int
+	}{{"full", 3000}, {"normal", 1000}, {"extra", 5000}, {"full", 2000}} {
+		kill := tc.kill
+		reps := runCrashChild(t, path, "durable", tc.sync, round, kill)
 		if len(reps) < kill {
 			t.Fatalf("round %d: %d reports, want at least %d", round, len(reps), kill)
 		}
 		if bad := checkCrash(t, path, reps, false); len(bad) > 0 {
-			t.Fatalf("round %d: %d of %d reported messages lost or wrong after SIGKILL, e.g. %s", round, len(bad), len(reps), bad[0])
+			t.Fatalf("round %d (synchronous=%s): %d of %d reported messages lost or wrong after SIGKILL, e.g. %s", round, tc.sync, len(bad), len(reps), bad[0])
 		}
 	}
 }
@@ -228,7 +235,7 @@ func TestCrashKillControl(t *testing.T) {
 		t.Skip("spawns child processes")
 	}
 	path := dbPath(t)
-	reps := runCrashChild(t, path, "early", 0, 200)
+	reps := runCrashChild(t, path, "early", "full", 0, 200)
 	bad := checkCrash(t, path, reps, true)
 	if len(bad) == 0 {
 		t.Fatalf("the control reported %d messages before committing them and none was lost: the check is blind", len(reps))
