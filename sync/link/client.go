@@ -348,6 +348,9 @@ func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
 		GatewayId:       c.cfg.GatewayID,
 		SoftwareVersion: c.cfg.SoftwareVersion,
 	}
+	if first, err := c.src.Read(0, 1, 1); err == nil && len(first) > 0 {
+		hello.FirstSeq = first[0].GetSeq() // informational: gaps from drop policies
+	}
 	if err := wire.WriteFrame(str, &syncv1.Frame{Body: &syncv1.Frame_Hello{Hello: hello}}); err != nil {
 		return nil, fmt.Errorf("send Hello: %w", remoteClose(err))
 	}
@@ -409,7 +412,7 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 	waiting := false
 	for {
 		if err := sl.fill(ctx); err != nil {
-			return err
+			return sl.preferPeerError(err)
 		}
 		if sl.win.CanSend() && !waiting {
 			waiting = true
@@ -436,6 +439,26 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 			}
 		}
 	}
+}
+
+// preferPeerError returns the cloud's own account of why the session ends
+// when a write failed because the cloud closed it: its Error frame usually
+// arrives just after the stream was reset. It waits at most a second.
+func (sl *sendLoop) preferPeerError(err error) error {
+	var re *RemoteError
+	if !errors.As(err, &re) {
+		return err
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case rerr := <-sl.errCh:
+		if errors.As(rerr, &re) {
+			return rerr
+		}
+	case <-t.C:
+	}
+	return err
 }
 
 // fill sends batches while the window has room and the source has records.

@@ -44,12 +44,17 @@ func closeCode(c syncv1.ErrorCode) quic.ApplicationErrorCode {
 	return quic.ApplicationErrorCode(c)
 }
 
-// remoteClose turns a connection closed by the peer with a non-zero
-// application code into a RemoteError; other errors are returned unchanged.
+// remoteClose turns a connection closed, or a stream cancelled, by the peer
+// with a non-zero code into a RemoteError; other errors are returned
+// unchanged.
 func remoteClose(err error) error {
 	var ae *quic.ApplicationError
 	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode != 0 {
 		return &RemoteError{Code: syncv1.ErrorCode(ae.ErrorCode), Message: ae.ErrorMessage}
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote && se.ErrorCode != 0 {
+		return &RemoteError{Code: syncv1.ErrorCode(se.ErrorCode), Message: "stream cancelled by the peer"}
 	}
 	return err
 }

@@ -1,6 +1,7 @@
 package link
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
 	"github.com/tributary-io/tributary/sync/flow"
 	"github.com/tributary-io/tributary/sync/pki"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // testPKI is one CA with a server certificate for 127.0.0.1.
@@ -260,7 +262,7 @@ func serverConfig(t *testing.T, p *testPKI) ServerConfig {
 	return ServerConfig{
 		TLS:          p.serverTLS(t),
 		Window:       8,
-		ErrorLinger:  time.Second,
+		ErrorLinger:  300 * time.Millisecond,
 		HelloTimeout: 5 * time.Second,
 		Logger:       testLogger(t),
 	}
@@ -317,4 +319,23 @@ func startClient(t *testing.T, cfg ClientConfig, src Source) *Client {
 		}
 	})
 	return c
+}
+
+func marshal(t *testing.T, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// frameBytes is f as it travels: length prefix and body.
+func frameBytes(t *testing.T, f *syncv1.Frame) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := wire.WriteFrame(&buf, f); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
