@@ -1,0 +1,148 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/cloudevents/sdk-go/binding/format/protobuf/v2/pb"
+	"google.golang.org/protobuf/proto"
+
+	format "github.com/cloudevents/sdk-go/binding/format/protobuf/v2"
+
+	"github.com/tributary-io/tributary/cloud/commitlog"
+)
+
+// maxReadLimit bounds one /v1/events page.
+const maxReadLimit = 10000
+
+// LogEntry is one central-log record as the API shows it.
+type LogEntry struct {
+	Offset      uint64          `json:"offset"`
+	Time        time.Time       `json:"time"`
+	Topic       string          `json:"topic"`
+	Gateway     string          `json:"gateway,omitempty"`
+	GatewaySeq  uint64          `json:"gateway_seq,omitempty"`
+	Event       json.RawMessage `json:"event"`
+	DecodeError string          `json:"decode_error,omitempty"`
+}
+
+// EventsPage is the answer of GET /v1/events.
+type EventsPage struct {
+	Events []LogEntry `json:"events"`
+	// Next is the offset to ask for next; equal to the log's end when the
+	// page reached it.
+	Next  uint64 `json:"next"`
+	First uint64 `json:"first"`
+	End   uint64 `json:"end"`
+}
+
+// DecodeEvent turns a log value (a protobuf CloudEvent) into its structured
+// JSON form.
+func DecodeEvent(value []byte) (json.RawMessage, error) {
+	var ce pb.CloudEvent
+	if err := proto.Unmarshal(value, &ce); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	ev, err := format.FromProto(&ce)
+	if err != nil {
+		return nil, fmt.Errorf("convert event: %w", err)
+	}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return nil, fmt.Errorf("encode event: %w", err)
+	}
+	return b, nil
+}
+
+func (s *Server) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
+	})
+	mux.HandleFunc("GET /v1/events", s.handleEvents)
+	mux.HandleFunc("GET /v1/gateways/{id}", s.handleGateway)
+}
+
+// handleEvents pages through the central log: from (default: the first
+// retained offset) and limit (default 1000, at most 10000).
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	from := s.clog.FirstOffset()
+	if v := q.Get("from"); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, "query parameter from: want a non-negative integer offset, got %q", v)
+			return
+		}
+		from = n
+	}
+	limit := 1000
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxReadLimit {
+			writeError(w, http.StatusBadRequest, "query parameter limit: want an integer from 1 to %d, got %q", maxReadLimit, v)
+			return
+		}
+		limit = n
+	}
+	recs, err := s.clog.Read(from, limit, 16<<20)
+	if err != nil {
+		status := http.StatusInternalServerError
+		if errors.Is(err, commitlog.ErrOutOfRange) {
+			status = http.StatusGone
+		}
+		writeError(w, status, "read log at offset %d: %v (first retained offset %d)", from, err, s.clog.FirstOffset())
+		return
+	}
+	page := EventsPage{Events: make([]LogEntry, 0, len(recs)), Next: from, First: s.clog.FirstOffset(), End: s.clog.NextOffset()}
+	for _, rec := range recs {
+		e := LogEntry{Offset: rec.Offset, Time: rec.Time, Topic: rec.Topic, Gateway: rec.Producer, GatewaySeq: rec.ProducerSeq}
+		if ev, err := DecodeEvent(rec.Value); err != nil {
+			e.DecodeError = err.Error()
+		} else {
+			e.Event = ev
+		}
+		page.Events = append(page.Events, e)
+		page.Next = rec.Offset + 1
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+func (s *Server) handleGateway(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	writeJSON(w, http.StatusOK, map[string]any{
+		"id":              id,
+		"high_water_mark": s.clog.HighWaterMark(id),
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, format string, args ...any) {
+	writeJSON(w, status, map[string]string{"error": fmt.Sprintf(format, args...)})
+}
+
+// EventData returns the data of a log value (a protobuf CloudEvent).
+func EventData(value []byte) ([]byte, error) {
+	var ce pb.CloudEvent
+	if err := proto.Unmarshal(value, &ce); err != nil {
+		return nil, fmt.Errorf("decode event: %w", err)
+	}
+	switch d := ce.Data.(type) {
+	case *pb.CloudEvent_BinaryData:
+		return d.BinaryData, nil
+	case *pb.CloudEvent_TextData:
+		return []byte(d.TextData), nil
+	case nil:
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("decode event %s: unsupported data kind %T", ce.Id, d)
+	}
+}

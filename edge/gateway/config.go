@@ -1,0 +1,166 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/tributary-io/tributary/edge/broker"
+)
+
+// Config is the gateway's whole configuration: the YAML file given to
+// tributary-edge with -config. Every field documents its zero-value default.
+type Config struct {
+	// GatewayID names this gateway in the cloud. It must equal the identity
+	// in the gateway's certificate. "" (the zero value): taken from the
+	// certificate.
+	GatewayID string `yaml:"gateway_id"`
+	// DataDir holds the outbox database and, in development, the minted
+	// certificate. "" means /var/lib/tributary/edge.
+	DataDir string `yaml:"data_dir"`
+	// LogLevel is debug, info, warn or error. "" means info.
+	LogLevel string `yaml:"log_level"`
+	// MetricsListen serves Prometheus metrics at /metrics and health at
+	// /healthz. "" (the zero value): not served.
+	MetricsListen string `yaml:"metrics_listen"`
+	// MQTT is the device-facing broker.
+	MQTT broker.Config `yaml:"mqtt"`
+	// Outbox tunes the durable SQLite buffer.
+	Outbox OutboxConfig `yaml:"outbox"`
+	// Cloud is where the gateway forwards to.
+	Cloud CloudConfig `yaml:"cloud"`
+}
+
+// OutboxConfig tunes the outbox.
+type OutboxConfig struct {
+	// Synchronous is SQLite's durability level for commits: full (fsync at
+	// every commit; survives power loss), extra, or normal (survives a
+	// process crash only). "" means full.
+	Synchronous string `yaml:"synchronous"`
+	// MaxBatchRows caps the rows of one group commit. 0 means 1000.
+	MaxBatchRows int `yaml:"max_batch_rows"`
+	// QueueLimit is how many messages may wait for the commit before
+	// publishers are slowed down. 0 means 10000.
+	QueueLimit int `yaml:"queue_limit"`
+}
+
+// CloudConfig is the link to the cloud.
+type CloudConfig struct {
+	// Address is the cloud's sync endpoint, host:port (UDP, QUIC). Required.
+	Address string `yaml:"address"`
+	// ServerName is the name checked in the cloud's certificate. "" means the
+	// host part of Address.
+	ServerName string `yaml:"server_name"`
+	// CAFile is the PEM CA bundle the cloud's certificate must chain to.
+	// CertFile and KeyFile are this gateway's certificate and key. All three
+	// are required unless DevCADir is set.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// DevCADir is for development only: a directory holding the cloud's
+	// development CA (ca.crt and ca.key, made by tributary-cloud on first
+	// start). On first start the gateway mints its own certificate from it
+	// into <data_dir>/pki. "" (the zero value): not used.
+	DevCADir string `yaml:"dev_ca_dir"`
+	// Window is how many batches may await the cloud's ack. 0 means the
+	// link's default (the cloud may lower it).
+	Window int `yaml:"window"`
+	// MaxBatchBytes caps one batch. 0 means the link's default (1 MiB).
+	MaxBatchBytes int `yaml:"max_batch_bytes"`
+	// Linger is how long a batch waits to fill once records are waiting. 0
+	// means the link's default.
+	Linger time.Duration `yaml:"linger"`
+}
+
+// DefaultDataDir is where a packaged gateway keeps its state.
+const DefaultDataDir = "/var/lib/tributary/edge"
+
+var gatewayIDRe = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// ErrConfig marks configuration errors.
+var ErrConfig = errors.New("invalid configuration")
+
+// LoadConfig reads, decodes (unknown keys are errors) and validates a YAML
+// configuration file.
+func LoadConfig(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// ParseConfig decodes YAML, rejecting unknown keys. It does not validate:
+// flags may still change the result; call Validate after.
+func ParseConfig(data []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, fmt.Errorf("%w: %w", ErrConfig, err)
+	}
+	return c, nil
+}
+
+// Validate reports the first invalid field, named by its YAML path.
+func (c Config) Validate() error {
+	bad := func(field, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrConfig, field, fmt.Sprintf(format, args...))
+	}
+	if c.GatewayID != "" && !gatewayIDRe.MatchString(c.GatewayID) {
+		return bad("gateway_id", "%q: use 1 to 64 letters, digits, '.', '_' or '-'", c.GatewayID)
+	}
+	switch c.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return bad("log_level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return bad("metrics_listen", "%q is not host:port: %v", c.MetricsListen, err)
+		}
+	}
+	if err := c.MQTT.Validate(); err != nil {
+		return fmt.Errorf("mqtt: %w", err)
+	}
+	switch c.Outbox.Synchronous {
+	case "", "full", "extra", "normal":
+	default:
+		return bad("outbox.synchronous", "%q is not full, extra or normal", c.Outbox.Synchronous)
+	}
+	if c.Outbox.MaxBatchRows < 0 {
+		return bad("outbox.max_batch_rows", "%d is negative", c.Outbox.MaxBatchRows)
+	}
+	if c.Outbox.QueueLimit < 0 {
+		return bad("outbox.queue_limit", "%d is negative", c.Outbox.QueueLimit)
+	}
+	cl := c.Cloud
+	if cl.Address == "" {
+		return bad("cloud.address", "required (host:port of the cloud's sync endpoint)")
+	}
+	if _, _, err := net.SplitHostPort(cl.Address); err != nil {
+		return bad("cloud.address", "%q is not host:port: %v", cl.Address, err)
+	}
+	if cl.DevCADir == "" {
+		for _, f := range []struct{ name, v string }{{"cloud.ca_file", cl.CAFile}, {"cloud.cert_file", cl.CertFile}, {"cloud.key_file", cl.KeyFile}} {
+			if f.v == "" {
+				return bad(f.name, "required (or set cloud.dev_ca_dir for a development certificate)")
+			}
+		}
+	}
+	if cl.Window < 0 || cl.MaxBatchBytes < 0 || cl.Linger < 0 {
+		return bad("cloud", "window, max_batch_bytes and linger must not be negative")
+	}
+	return nil
+}

@@ -1,0 +1,108 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tributary-io/tributary/sync/link"
+)
+
+// metricsServer serves /metrics (Prometheus) and /healthz.
+type metricsServer struct {
+	srv *http.Server
+	ln  net.Listener
+}
+
+// collector exposes Gateway.Stats as Prometheus metrics, read at scrape
+// time so the hot paths keep plain atomic counters.
+type collector struct {
+	g     *Gateway
+	descs map[string]*prometheus.Desc
+}
+
+var metricDefs = []struct {
+	name, help string
+	counter    bool
+	get        func(Stats) float64
+}{
+	{"tributary_edge_mqtt_clients", "MQTT clients connected now.", false, func(s Stats) float64 { return float64(s.Broker.Clients) }},
+	{"tributary_edge_mqtt_received_total", "Publishes received from devices.", true, func(s Stats) float64 { return float64(s.Broker.Received) }},
+	{"tributary_edge_mqtt_forwarded_total", "Publishes handed to the outbox.", true, func(s Stats) float64 { return float64(s.Broker.Forwarded) }},
+	{"tributary_edge_mqtt_committed_total", "Forwarded publishes committed to the outbox.", true, func(s Stats) float64 { return float64(s.Broker.Committed) }},
+	{"tributary_edge_mqtt_commit_errors_total", "Forwarded publishes the outbox failed to commit.", true, func(s Stats) float64 { return float64(s.Broker.CommitErrors) }},
+	{"tributary_edge_mqtt_rejected_total", "Publishes refused to their client.", true, func(s Stats) float64 { return float64(s.Broker.Rejected) }},
+	{"tributary_edge_mqtt_local_dropped_total", "Messages mochi dropped on the way to local subscribers.", true, func(s Stats) float64 { return float64(s.Broker.LocalDropped) }},
+	{"tributary_edge_outbox_records", "Records held in the outbox (not yet acknowledged by the cloud).", false, func(s Stats) float64 { return float64(s.Outbox.Records) }},
+	{"tributary_edge_outbox_payload_bytes", "Payload bytes held in the outbox.", false, func(s Stats) float64 { return float64(s.Outbox.PayloadBytes) }},
+	{"tributary_edge_outbox_last_seq", "Highest outbox sequence committed.", false, func(s Stats) float64 { return float64(s.Outbox.LastSeq) }},
+	{"tributary_edge_outbox_acked_seq", "Highest outbox sequence the cloud acknowledged.", false, func(s Stats) float64 { return float64(s.Outbox.AckedSeq) }},
+	{"tributary_edge_outbox_commits_total", "Group commits.", true, func(s Stats) float64 { return float64(s.Outbox.CommittedGroups) }},
+	{"tributary_edge_outbox_committed_rows_total", "Rows committed by group commits.", true, func(s Stats) float64 { return float64(s.Outbox.CommittedRows) }},
+	{"tributary_edge_outbox_failed_rows_total", "Rows whose commit failed.", true, func(s Stats) float64 { return float64(s.Outbox.FailedRows) }},
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range c.descs {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	s := c.g.Stats()
+	for _, m := range metricDefs {
+		t := prometheus.GaugeValue
+		if m.counter {
+			t = prometheus.CounterValue
+		}
+		ch <- prometheus.MustNewConstMetric(c.descs[m.name], t, m.get(s))
+	}
+	ch <- prometheus.MustNewConstMetric(c.descs["tributary_edge_link_connected"], prometheus.GaugeValue, b2f(s.Link.State == link.Connected))
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func startMetrics(addr string, g *Gateway) (*metricsServer, error) {
+	labels := prometheus.Labels{"gateway": g.id}
+	c := &collector{g: g, descs: map[string]*prometheus.Desc{}}
+	for _, m := range metricDefs {
+		c.descs[m.name] = prometheus.NewDesc(m.name, m.help, nil, labels)
+	}
+	c.descs["tributary_edge_link_connected"] = prometheus.NewDesc("tributary_edge_link_connected", "1 while the link to the cloud is up.", nil, labels)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics_listen: %w", err)
+	}
+	m := &metricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, ln: ln}
+	go func() {
+		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			g.log.Error("metrics server", "err", err)
+		}
+	}()
+	return m, nil
+}
+
+func (m *metricsServer) close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	return m.srv.Shutdown(ctx)
+}
