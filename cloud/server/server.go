@@ -276,7 +276,7 @@ func ParseLevel(s string) slog.Level {
 type collector struct{ s *Server }
 
 var (
-	descLogNext = prometheus.NewDesc("tributary_cloud_log_next_offset", "Offset the next appended record gets.", nil, nil)
+	descLogNext  = prometheus.NewDesc("tributary_cloud_log_next_offset", "Offset the next appended record gets.", nil, nil)
 	descLogFirst = prometheus.NewDesc("tributary_cloud_log_first_offset", "Oldest retained offset.", nil, nil)
 )
 

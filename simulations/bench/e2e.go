@@ -11,8 +11,8 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/cloudevents/sdk-go/v2/event"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/tributary-io/tributary/cloud/server"
 	"github.com/tributary-io/tributary/simulations/ledger"

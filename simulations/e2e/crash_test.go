@@ -205,4 +205,3 @@ func scrape(t *testing.T, url, metric string) float64 {
 	t.Fatalf("metric %s not found at %s", metric, url)
 	return 0
 }
-

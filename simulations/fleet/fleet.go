@@ -15,8 +15,8 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/cloudevents/sdk-go/v2/event"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/tributary-io/tributary/cloud/dispatch"
 	"github.com/tributary-io/tributary/cloud/server"
