@@ -167,11 +167,13 @@ func TestRelayDuplicatesAndLoses(t *testing.T) {
 		t.Fatal("echo came back although the down direction loses everything")
 	}
 	deadline := time.Now().Add(10 * time.Second)
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
 	for st := r.Stats(); st.Duplicated != 1 || st.Dropped != 2; st = r.Stats() {
 		if time.Now().After(deadline) {
 			t.Fatalf("stats %+v, want 1 duplicated and both echoes dropped", st)
 		}
-		time.Sleep(time.Millisecond) // polling interval, not a wait for an event
+		<-tick.C
 	}
 	r.SetImpairment(Impairment{}, Impairment{})
 	if !roundTrip(t, c, "y", 10*time.Second) {
