@@ -1,0 +1,518 @@
+package dispatch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+
+	"github.com/tributary-io/tributary/cloud/commitlog"
+)
+
+// Stats are one subscription's counters since it was added (Update keeps
+// them).
+type Stats struct {
+	// Cursor is the last durably written cursor: the offset delivery resumes
+	// from after a crash.
+	Cursor uint64
+	// LowWater is the in-memory cursor: every offset below it is completed.
+	LowWater uint64
+	// ReadOffset is the next log offset the reader will take.
+	ReadOffset uint64
+	// Delivered counts 2xx answers; Retries counts failed attempts that were
+	// retried; DeadLettered counts events appended to the dead-letter topic;
+	// Filtered counts events the filters rejected.
+	Delivered, Retries, DeadLettered, Filtered uint64
+	// SkippedByRetention counts offsets the log removed before they were read.
+	SkippedByRetention uint64
+	// InFlight is the number of events a lane holds (sending or waiting to
+	// retry).
+	InFlight int64
+	// LastError describes the latest failed attempt or internal error, and
+	// LastErrorAt when it happened (zero if none).
+	LastError   string
+	LastErrorAt time.Time
+}
+
+type counters struct {
+	cursor, lowWater, readOffset               atomic.Uint64
+	delivered, retries, deadLettered, filtered atomic.Uint64
+	skipped                                    atomic.Uint64
+	inFlight                                   atomic.Int64
+	mu                                         sync.Mutex
+	lastErr                                    string
+	lastErrAt                                  time.Time
+}
+
+// carry copies the totals of a replaced runner.
+func (c *counters) carry(o *counters) {
+	c.delivered.Store(o.delivered.Load())
+	c.retries.Store(o.retries.Load())
+	c.deadLettered.Store(o.deadLettered.Load())
+	c.filtered.Store(o.filtered.Load())
+	c.skipped.Store(o.skipped.Load())
+	o.mu.Lock()
+	c.lastErr, c.lastErrAt = o.lastErr, o.lastErrAt
+	o.mu.Unlock()
+}
+
+// item is one record handed to a lane: a decoded event, or the reason it
+// could not be decoded.
+type item struct {
+	rec       commitlog.Record
+	ev        *event.Event
+	decodeErr error
+}
+
+// runner delivers one subscription. It is created by Add/Update, started by
+// start and stopped by stop; a stopped runner is not restarted (a new one is
+// made).
+type runner struct {
+	d     *Dispatcher
+	c     *compiled
+	cur   *cursorFile
+	state cursorState // as loaded; Epoch is kept for the runner's life
+	fresh bool        // no cursor file existed
+	send  *sender
+	sched Schedule
+	log   *slog.Logger
+	stats counters
+
+	// producerBase prefixes the ordered lanes' dead-letter producer names.
+	producerBase string
+
+	track      *tracker      // set by run before any lane starts
+	kick       chan struct{} // asks the flusher for an early write
+	sinceFlush atomic.Int64
+
+	cancel  context.CancelFunc
+	done    chan struct{} // closed when run returned (or at stop if never started)
+	mu      sync.Mutex    // guards cancel/started
+	started bool
+}
+
+func newRunner(d *Dispatcher, c *compiled) (*runner, error) {
+	r := &runner{
+		d:     d,
+		c:     c,
+		cur:   newCursorFile(d.dir, c.ID),
+		sched: Schedule{Policy: c.retry, Rand: randFloat},
+		log:   d.opts.Logger.With("subscription", c.ID),
+		kick:  make(chan struct{}, 1),
+		done:  make(chan struct{}),
+	}
+	st, ok, err := r.cur.load()
+	if err != nil {
+		return nil, err
+	}
+	r.state, r.fresh = st, !ok
+	if r.fresh {
+		r.state.Epoch = newEpoch()
+	}
+	r.stats.cursor.Store(st.Offset)
+	r.stats.lowWater.Store(st.Offset)
+	if r.send, err = newSender(c, d.opts.Transport); err != nil {
+		return nil, err
+	}
+	layout, _ := json.Marshal(struct {
+		P int
+		F any
+	}{c.parallelism, c.Filters})
+	h := fnv.New64a()
+	_, _ = h.Write(layout)
+	r.producerBase = fmt.Sprintf("$dispatch/%s/%s-%x/", c.ID, r.state.Epoch, h.Sum64())
+	return r, nil
+}
+
+func (r *runner) start(ctx context.Context) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.started {
+		return
+	}
+	r.started = true
+	ctx, r.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(r.done)
+		if err := r.run(ctx); err != nil {
+			r.setErr(err)
+			r.log.Error("subscription stopped", "err", err)
+			r.d.failed(fmt.Errorf("dispatch: subscription %s: %w", r.c.ID, err))
+		}
+	}()
+}
+
+// stop cancels the runner and waits until its goroutines ended and its
+// cursor was written.
+func (r *runner) stop() {
+	r.mu.Lock()
+	if !r.started {
+		r.started = true // never start it now
+		r.mu.Unlock()
+		close(r.done)
+		return
+	}
+	r.cancel()
+	r.mu.Unlock()
+	<-r.done
+}
+
+func (r *runner) setErr(err error) {
+	r.stats.mu.Lock()
+	r.stats.lastErr, r.stats.lastErrAt = err.Error(), r.d.opts.Now()
+	r.stats.mu.Unlock()
+}
+
+func (r *runner) snapshot() Stats {
+	s := &r.stats
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{
+		Cursor:             s.cursor.Load(),
+		LowWater:           s.lowWater.Load(),
+		ReadOffset:         s.readOffset.Load(),
+		Delivered:          s.delivered.Load(),
+		Retries:            s.retries.Load(),
+		DeadLettered:       s.deadLettered.Load(),
+		Filtered:           s.filtered.Load(),
+		SkippedByRetention: s.skipped.Load(),
+		InFlight:           s.inFlight.Load(),
+		LastError:          s.lastErr,
+		LastErrorAt:        s.lastErrAt,
+	}
+}
+
+// startOffset decides where reading begins: the cursor, or From for a new
+// subscription; clipped to the log's retained range.
+func (r *runner) startOffset() uint64 {
+	lg := r.d.log
+	start := r.state.Offset
+	if r.fresh {
+		latest, off, _ := parseFrom(r.c.From) // validated by compile
+		start = off
+		if latest {
+			start = lg.NextOffset()
+		}
+	}
+	if first := lg.FirstOffset(); start < first {
+		if !r.fresh {
+			r.log.Warn("cursor is below the oldest retained record; events were lost to retention", "cursor", start, "first", first)
+			r.stats.skipped.Add(first - start)
+		}
+		start = first
+	}
+	return start
+}
+
+// run is the runner's life: read, route to lanes, flush the cursor; on the
+// way out stop the lanes and write the cursor a last time. It returns nil
+// when ctx ended and an error when the log failed.
+func (r *runner) run(ctx context.Context) error {
+	start := r.startOffset()
+	r.track = newTracker(start, r.d.opts.MaxPending)
+	r.stats.lowWater.Store(start)
+	r.stats.readOffset.Store(start)
+	if r.fresh || start != r.state.Offset {
+		// Pin the start (a "latest" subscription must not move forward on
+		// restart) and the epoch before anything is delivered.
+		if err := r.cur.store(cursorState{Offset: start, Epoch: r.state.Epoch}); err != nil {
+			return err
+		}
+		r.fresh = false
+		r.state.Offset = start
+	}
+	r.stats.cursor.Store(start)
+
+	inner, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+
+	n := r.c.parallelism
+	queues := make([]chan item, 1)
+	if r.c.ordered {
+		queues = make([]chan item, n)
+	}
+	for i := range queues {
+		queues[i] = make(chan item, r.d.opts.LaneBuffer)
+	}
+	for i := range n {
+		q, producer := queues[0], ""
+		if r.c.ordered {
+			q, producer = queues[i], r.producerBase+strconv.Itoa(i)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.lane(inner, cancel, q, producer)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.flusher(inner)
+	}()
+
+	err := r.read(inner, queues)
+	if err != nil {
+		cancel(err)
+	} else {
+		cancel(nil)
+	}
+	wg.Wait()
+	r.flush()
+	if err == nil {
+		if cause := context.Cause(inner); cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause // a lane found the log broken
+		}
+	}
+	return err
+}
+
+// read feeds records to the lanes in log order until ctx ends (nil) or the
+// log fails (its error).
+func (r *runner) read(ctx context.Context, queues []chan item) error {
+	lg := r.d.log
+	next := r.track.lowWater()
+	for {
+		recs, err := lg.Read(next, r.d.opts.ReadBatch, 1<<20)
+		switch {
+		case errors.Is(err, commitlog.ErrOutOfRange):
+			// Retention removed records we had not read. Let the lanes
+			// finish what they hold, then continue at the oldest record.
+			if r.track.waitIdle(ctx) != nil {
+				return nil
+			}
+			if first := lg.FirstOffset(); first > next {
+				r.log.Warn("records removed by retention before delivery", "from", next, "to", first)
+				r.stats.skipped.Add(first - next)
+				r.track.reset(first)
+				next = first
+				r.stats.readOffset.Store(next)
+			}
+			continue
+		case err != nil:
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("read log at %d: %w", next, err)
+		}
+		if len(recs) == 0 {
+			if err := lg.Wait(ctx, next); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("wait for log offset %d: %w", next, err)
+			}
+			continue
+		}
+		for _, rec := range recs {
+			if rec.Offset != next {
+				if rec.Offset < next {
+					return fmt.Errorf("log returned offset %d when %d was asked for", rec.Offset, next)
+				}
+				// A gap: treat the missing offsets as removed.
+				if r.track.waitIdle(ctx) != nil {
+					return nil
+				}
+				r.stats.skipped.Add(rec.Offset - next)
+				r.track.reset(rec.Offset)
+				next = rec.Offset
+			}
+			if r.track.issue(ctx, next) != nil {
+				return nil
+			}
+			next++
+			r.stats.readOffset.Store(next)
+			if !r.route(ctx, rec, queues) {
+				return nil
+			}
+		}
+	}
+}
+
+// route completes records the subscription does not want and queues the
+// others to their lane. It returns false if ctx ended.
+func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []chan item) bool {
+	if strings.HasPrefix(rec.Topic, "$") {
+		r.complete(rec.Offset)
+		return true
+	}
+	it := item{rec: rec}
+	it.ev, it.decodeErr = decodeEvent(rec.Value)
+	if it.decodeErr == nil && !r.c.matcher.Match(it.ev) {
+		r.stats.filtered.Add(1)
+		r.complete(rec.Offset)
+		return true
+	}
+	q := queues[0]
+	if len(queues) > 1 {
+		key := ""
+		if it.ev != nil {
+			key = laneKey(it.ev)
+		}
+		q = queues[laneOf(key, len(queues))]
+	}
+	select {
+	case q <- it:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (r *runner) complete(off uint64) {
+	if r.track.complete(off) {
+		r.stats.lowWater.Store(r.track.lowWater())
+	}
+	if r.sinceFlush.Add(1) >= int64(r.d.opts.FlushEvery) {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// lane delivers the items of one queue, one at a time, in order.
+func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q <-chan item, producer string) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case it := <-q:
+			r.stats.inFlight.Add(1)
+			err := r.handle(ctx, it, producer)
+			r.stats.inFlight.Add(-1)
+			if err != nil {
+				if ctx.Err() == nil {
+					fail(err)
+				}
+				return
+			}
+		}
+	}
+}
+
+// handle takes one event to completion: delivered, or dead-lettered. It
+// returns ctx's error if stopped first (the event stays uncompleted and is
+// sent again after a restart) and the log's error if dead-lettering failed
+// for good.
+func (r *runner) handle(ctx context.Context, it item, producer string) error {
+	now := r.d.opts.Now
+	if it.decodeErr != nil {
+		r.setErr(fmt.Errorf("offset %d: %w", it.rec.Offset, it.decodeErr))
+		return r.deadLetter(ctx, it, producer, 0, 0, "undecodable record: "+it.decodeErr.Error())
+	}
+	first := now()
+	for attempts := 1; ; attempts++ {
+		a := r.send.send(ctx, it.ev)
+		if ctx.Err() != nil && Classify(a) != Delivered {
+			return ctx.Err() // stopping: an abandoned attempt is not a failure
+		}
+		t := now()
+		dec := r.sched.Next(attempts, first, a, t)
+		switch dec.Action {
+		case Done:
+			r.stats.delivered.Add(1)
+			r.complete(it.rec.Offset)
+			return nil
+		case DeadLetter:
+			r.setErr(fmt.Errorf("event %s (offset %d): %s", it.ev.ID(), it.rec.Offset, dec.Reason))
+			return r.deadLetter(ctx, it, producer, attempts, a.Status, dec.Reason)
+		}
+		r.stats.retries.Add(1)
+		r.setErr(fmt.Errorf("event %s (offset %d) attempt %d: %s", it.ev.ID(), it.rec.Offset, attempts, a))
+		r.log.Debug("delivery failed, will retry", "id", it.ev.ID(), "offset", it.rec.Offset, "attempt", attempts, "answer", a.String(), "at", dec.At)
+		select {
+		case <-r.d.opts.After(dec.At.Sub(t)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// deadLetter appends the event to the dead-letter topic and completes it.
+// A failing append is retried with the subscription's backoff; only a closed
+// or failed log (or ctx ending) gives up, leaving the offset uncompleted.
+func (r *runner) deadLetter(ctx context.Context, it item, producer string, attempts, status int, reason string) error {
+	info := deadLetterInfo{sub: r.c.ID, offset: it.rec.Offset, attempts: attempts, status: status, reason: reason, at: r.d.opts.Now()}
+	value, err := deadLetterValue(it.rec.Value, info, false)
+	if err != nil {
+		return fmt.Errorf("build dead letter for offset %d: %w", it.rec.Offset, err)
+	}
+	backoff := Schedule{Policy: r.c.retry, Rand: randFloat}
+	for try := 1; ; try++ {
+		rec := deadLetterRecord(r.c.deadLetter, producer, it.rec.Offset, value)
+		_, err := r.d.log.Append(ctx, []commitlog.Record{rec})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if errors.Is(err, commitlog.ErrTooLarge) {
+			// Keep the attributes and the reason; drop the data.
+			if value, err = deadLetterValue(it.rec.Value, info, true); err != nil {
+				return fmt.Errorf("build dead letter for offset %d: %w", it.rec.Offset, err)
+			}
+			continue
+		}
+		if errors.Is(err, commitlog.ErrClosed) {
+			return fmt.Errorf("dead-letter offset %d: %w", it.rec.Offset, err)
+		}
+		r.setErr(fmt.Errorf("dead-letter offset %d: %w", it.rec.Offset, err))
+		r.log.Error("dead-letter append failed, will retry", "offset", it.rec.Offset, "err", err)
+		select {
+		case <-r.d.opts.After(backoff.backoff(try)):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	r.stats.deadLettered.Add(1)
+	r.log.Warn("event dead-lettered", "offset", it.rec.Offset, "topic", r.c.deadLetter, "attempts", attempts, "reason", reason)
+	r.complete(it.rec.Offset)
+	return nil
+}
+
+// flusher writes the cursor every FlushInterval, or sooner after FlushEvery
+// completions, until ctx ends.
+func (r *runner) flusher(ctx context.Context) {
+	t := time.NewTicker(r.d.opts.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-r.kick:
+		}
+		r.flush()
+	}
+}
+
+// flush writes the low-water mark if it moved. Only the flusher and, after
+// it stopped, run call it.
+func (r *runner) flush() {
+	r.sinceFlush.Store(0)
+	lw := r.track.lowWater()
+	if lw == r.stats.cursor.Load() {
+		return
+	}
+	if err := r.cur.store(cursorState{Offset: lw, Epoch: r.state.Epoch}); err != nil {
+		r.setErr(err)
+		r.log.Error("cursor write failed", "err", err)
+		return
+	}
+	r.stats.cursor.Store(lw)
+}
+
+func randFloat() float64 { return rand.Float64() }
