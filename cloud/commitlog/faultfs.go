@@ -23,7 +23,8 @@ type FaultFS struct {
 
 	mu     sync.Mutex
 	faults []*Fault
-	gen    int // bumped by Crash; files opened before fail with ErrCrashed
+	gen    int  // bumped by Crash; files opened before fail with ErrCrashed
+	down   bool // between Crash and Restart every operation fails
 	files  map[string]*durability
 	counts map[Op]int
 }
@@ -62,6 +63,13 @@ type Fault struct {
 	TornBytes int
 	// Sticky makes every later matching operation fail too.
 	Sticky bool
+	// Crash makes the fault a power loss at this operation: the FS crashes
+	// (see FaultFS.Crash, with Rand and Holes) just before it, after the
+	// TornBytes of a write reached the file, and the operation fails with
+	// ErrCrashed.
+	Crash bool
+	Rand  *rand.Rand
+	Holes bool
 }
 
 var (
@@ -123,6 +131,22 @@ func (f *FaultFS) check(op Op, path string) *Fault {
 	return nil
 }
 
+// fire returns the error of a fault that fired (mu held), crashing the FS
+// first if the fault says so.
+func (f *FaultFS) fire(ft *Fault) error {
+	if ft.Crash {
+		rng := ft.Rand
+		if rng == nil {
+			rng = rand.New(rand.NewPCG(1, 2))
+		}
+		if err := f.crash(rng, ft.Holes); err != nil {
+			return errors.Join(ErrCrashed, err)
+		}
+		return ErrCrashed
+	}
+	return ft.err()
+}
+
 func (ft *Fault) err() error {
 	if ft.Err != nil {
 		return ft.Err
@@ -134,13 +158,17 @@ func (ft *Fault) err() error {
 // last Sync except a random prefix of it (a torn write), with holes random
 // 4 KiB pages of zeros in the kept part (pages reaching the disk out of
 // order), and files whose creation was not made durable by SyncDir vanish.
-// Files opened before the crash fail every operation with ErrCrashed (so
-// the abandoned log can do no harm); the FS itself keeps working, for the
-// reopen.
+// Until Restart every operation fails with ErrCrashed, and files opened
+// before the crash fail for good, so the abandoned log can do no harm.
 func (f *FaultFS) Crash(rng *rand.Rand, holes bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return f.crash(rng, holes)
+}
+
+func (f *FaultFS) crash(rng *rand.Rand, holes bool) error {
 	f.gen++
+	f.down = true
 	var errs []error
 	for path, d := range f.files {
 		if d.created {
@@ -160,6 +188,14 @@ func (f *FaultFS) Crash(rng *rand.Rand, holes bool) error {
 		d.size, d.synced = keep, keep
 	}
 	return errors.Join(errs...)
+}
+
+// Restart ends the outage Crash began: the FS works again (for the
+// reopen), files opened before the crash do not.
+func (f *FaultFS) Restart() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.down = false
 }
 
 func (f *FaultFS) tear(path string, synced, keep int64, rng *rand.Rand, holes bool) error {
@@ -188,9 +224,12 @@ func (f *FaultFS) tear(path string, synced, keep int64, rng *rand.Rand, holes bo
 func (f *FaultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrCrashed}
+	}
 	if flag&os.O_CREATE != 0 {
 		if ft := f.check(OpCreate, name); ft != nil {
-			return nil, &fs.PathError{Op: "open", Path: name, Err: ft.err()}
+			return nil, &fs.PathError{Op: "open", Path: name, Err: f.fire(ft)}
 		}
 	}
 	_, existed := f.files[name]
@@ -216,8 +255,11 @@ func (f *FaultFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error
 func (f *FaultFS) Remove(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return &fs.PathError{Op: "remove", Path: name, Err: ErrCrashed}
+	}
 	if ft := f.check(OpRemove, name); ft != nil {
-		return &fs.PathError{Op: "remove", Path: name, Err: ft.err()}
+		return &fs.PathError{Op: "remove", Path: name, Err: f.fire(ft)}
 	}
 	if err := f.inner.Remove(name); err != nil {
 		return err
@@ -229,8 +271,11 @@ func (f *FaultFS) Remove(name string) error {
 func (f *FaultFS) Rename(oldpath, newpath string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: ErrCrashed}
+	}
 	if ft := f.check(OpRename, newpath); ft != nil {
-		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: ft.err()}
+		return &os.LinkError{Op: "rename", Old: oldpath, New: newpath, Err: f.fire(ft)}
 	}
 	if err := f.inner.Rename(oldpath, newpath); err != nil {
 		return err
@@ -243,15 +288,34 @@ func (f *FaultFS) Rename(oldpath, newpath string) error {
 	return nil
 }
 
-func (f *FaultFS) ReadDir(name string) ([]fs.DirEntry, error) { return f.inner.ReadDir(name) }
+func (f *FaultFS) ReadDir(name string) ([]fs.DirEntry, error) {
+	if f.isDown() {
+		return nil, &fs.PathError{Op: "readdir", Path: name, Err: ErrCrashed}
+	}
+	return f.inner.ReadDir(name)
+}
 
-func (f *FaultFS) MkdirAll(path string, perm fs.FileMode) error { return f.inner.MkdirAll(path, perm) }
+func (f *FaultFS) MkdirAll(path string, perm fs.FileMode) error {
+	if f.isDown() {
+		return &fs.PathError{Op: "mkdir", Path: path, Err: ErrCrashed}
+	}
+	return f.inner.MkdirAll(path, perm)
+}
+
+func (f *FaultFS) isDown() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.down
+}
 
 func (f *FaultFS) SyncDir(name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.down {
+		return &fs.PathError{Op: "sync", Path: name, Err: ErrCrashed}
+	}
 	if ft := f.check(OpSyncDir, name); ft != nil {
-		return &fs.PathError{Op: "sync", Path: name, Err: ft.err()}
+		return &fs.PathError{Op: "sync", Path: name, Err: f.fire(ft)}
 	}
 	if err := f.inner.SyncDir(name); err != nil {
 		return err
@@ -273,7 +337,7 @@ type faultFile struct {
 	gen   int
 }
 
-func (h *faultFile) alive() bool { return h.gen == h.fs.gen } // fs.mu held
+func (h *faultFile) alive() bool { return h.gen == h.fs.gen && !h.fs.down } // fs.mu held
 
 func (h *faultFile) ReadAt(b []byte, off int64) (int, error) {
 	h.fs.mu.Lock()
@@ -301,7 +365,7 @@ func (h *faultFile) WriteAt(b []byte, off int64) (int, error) {
 			n, _ = h.inner.WriteAt(b[:n], off)
 			h.wrote(off, n)
 		}
-		return n, &fs.PathError{Op: "write", Path: h.path, Err: ft.err()}
+		return n, &fs.PathError{Op: "write", Path: h.path, Err: h.fs.fire(ft)}
 	}
 	n, err := h.inner.WriteAt(b, off)
 	h.wrote(off, n)
@@ -326,7 +390,7 @@ func (h *faultFile) Sync() error {
 		return ErrCrashed
 	}
 	if ft := h.fs.check(OpSync, h.path); ft != nil {
-		return &fs.PathError{Op: "sync", Path: h.path, Err: ft.err()}
+		return &fs.PathError{Op: "sync", Path: h.path, Err: h.fs.fire(ft)}
 	}
 	if err := h.inner.Sync(); err != nil {
 		return err

@@ -117,6 +117,7 @@ func (l *FileLog) recover() error {
 
 	runMax := int64(noTime)
 	next := bases[0]
+	var buf []byte // shared by the segments' scans
 	for i, base := range bases {
 		if base != next {
 			return fmt.Errorf("%w: %s: segment %s starts at offset %d, want %d (a segment is missing)",
@@ -129,7 +130,7 @@ func (l *FileLog) recover() error {
 		}
 		s := newSegment(l.dir, base, f, runMax)
 		l.segments = append(l.segments, s)
-		if err := l.recoverSegment(s, i == len(bases)-1, &runMax); err != nil {
+		if err := l.recoverSegment(s, i == len(bases)-1, &runMax, &buf); err != nil {
 			return err
 		}
 		l.bytes += s.size
@@ -172,13 +173,17 @@ func (l *FileLog) recover() error {
 
 // recoverSegment scans s, indexing its records; see Open for how a bad
 // frame is handled.
-func (l *FileLog) recoverSegment(s *segment, last bool, runMax *int64) error {
+func (l *FileLog) recoverSegment(s *segment, last bool, runMax *int64, buf *[]byte) error {
 	st, err := s.f.Stat()
 	if err != nil {
 		return fmt.Errorf("commitlog: open: %w", err)
 	}
 	size := st.Size()
-	fr := newFrameReader(s.f, 0, size, make([]byte, 1<<20))
+	if want := int(min(size, 1<<20)); len(*buf) < want {
+		*buf = make([]byte, max(want, 64<<10))
+	}
+	fr := newFrameReader(s.f, 0, size, *buf)
+	defer func() { *buf = fr.buf }()
 	idx := indexer{interval: int64(l.opts.IndexIntervalBytes), lastPos: -1}
 	var producer string // the last producer seen, to avoid a string per record
 	for {
