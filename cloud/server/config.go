@@ -55,6 +55,9 @@ type SyncConfig struct {
 type APIConfig struct {
 	// Listen is the TCP address. "" means ":8080".
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiler at /debug/pprof/ on the API listener.
+	// false (the zero value): not served.
+	Pprof bool `yaml:"pprof"`
 }
 
 // LogConfig tunes the central log.

@@ -31,7 +31,7 @@ func init() {
 func e2eFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]any, error) {
 	rate := fs.Float64("rate", 5000, "offered load in messages per second (all publishers together)")
 	dur := fs.Duration("duration", 20*time.Second, "how long to publish")
-	pubs := fs.Int("publishers", 10, "MQTT publisher connections")
+	pubs := fs.Int("publishers", 50, "MQTT publisher connections")
 	size := fs.Int("payload", 200, "payload bytes")
 	drain := fs.Duration("drain-timeout", 60*time.Second, "how long to wait for delivery after publishing stops")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {

@@ -41,7 +41,7 @@ type Options struct {
 	// DrainTimeout bounds the wait for every acknowledged message to be
 	// delivered after publishing stops. 0 means 60 s.
 	DrainTimeout time.Duration
-	// Parallelism is the subscription's number of ordered lanes. 0 means 4.
+	// Parallelism is the subscription's number of ordered lanes. 0 means 16.
 	Parallelism int
 	// DataDir holds every part's data. "" means a temporary directory,
 	// removed at the end.
@@ -73,7 +73,7 @@ func (o Options) withDefaults() Options {
 		o.DrainTimeout = 60 * time.Second
 	}
 	if o.Parallelism == 0 {
-		o.Parallelism = 4
+		o.Parallelism = 16
 	}
 	if o.ProgressEvery == 0 {
 		o.ProgressEvery = 2 * time.Second

@@ -224,7 +224,7 @@ func StartCloud(ctx context.Context, b Binaries, o CloudOptions) (*Cloud, error)
 		SyncAddr: "127.0.0.1:" + strconv.Itoa(o.SyncPort),
 		APIURL:   "http://127.0.0.1:" + strconv.Itoa(o.APIPort),
 	}
-	args := []string{"-data-dir", o.DataDir, "-sync-listen", c.SyncAddr, "-api-listen", "127.0.0.1:" + strconv.Itoa(o.APIPort), "-log-level", "debug"}
+	args := []string{"-data-dir", o.DataDir, "-sync-listen", c.SyncAddr, "-api-listen", "127.0.0.1:" + strconv.Itoa(o.APIPort), "-log-level", "info"}
 	if o.SinkURL != "" {
 		args = append(args, "-sink", o.SinkURL)
 	}
@@ -286,7 +286,7 @@ func StartEdge(ctx context.Context, b Binaries, o EdgeOptions) (*Edge, error) {
 	}
 	e := &Edge{DataDir: o.DataDir, MQTTAddr: "127.0.0.1:" + strconv.Itoa(o.MQTTPort)}
 	args := []string{"-gateway-id", o.GatewayID, "-data-dir", o.DataDir, "-mqtt-listen", e.MQTTAddr,
-		"-cloud", o.CloudAddr, "-dev-ca-dir", o.DevCADir, "-log-level", "debug"}
+		"-cloud", o.CloudAddr, "-dev-ca-dir", o.DevCADir, "-log-level", "info"}
 	args = append(args, o.ExtraArgs...)
 	p, err := Start("edge-"+o.GatewayID, b.Edge, filepath.Join(o.DataDir, "..", filepath.Base(o.DataDir)+".log"), args...)
 	if err != nil {

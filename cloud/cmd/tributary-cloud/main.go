@@ -63,7 +63,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	syncListen := fs.String("sync-listen", "", "QUIC listen `address` for gateways (default :7443)")
 	apiListen := fs.String("api-listen", "", "HTTP API listen `address` (default :8080)")
 	sinkURL := fs.String("sink", "", "add a subscription named \"default\" pushing every event to this `URL`")
+	sinkLanes := fs.Int("sink-parallelism", 32, "ordered delivery lanes of the -sink subscription (per-device order is kept)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	pprofOn := fs.Bool("pprof", false, "serve Go's profiler at /debug/pprof/ on the API listener")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -97,8 +99,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 	set(&cfg.Sync.Listen, *syncListen)
 	set(&cfg.API.Listen, *apiListen)
 	set(&cfg.LogLevel, *logLevel)
+	if *pprofOn {
+		cfg.API.Pprof = true
+	}
 	if *sinkURL != "" {
-		cfg.Subscriptions = append(cfg.Subscriptions, dispatch.Subscription{ID: "default", Sink: *sinkURL})
+		cfg.Subscriptions = append(cfg.Subscriptions, dispatch.Subscription{ID: "default", Sink: *sinkURL, Parallelism: *sinkLanes})
 	}
 	if err := cfg.Validate(); err != nil {
 		fmt.Fprintf(stderr, "tributary-cloud: %v\n", err)

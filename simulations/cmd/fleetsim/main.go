@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 	"time"
 
@@ -52,6 +53,7 @@ Flags:
 	fs.DurationVar(&o.DrainTimeout, "drain-timeout", 60*time.Second, "how long to wait for delivery after publishing stops")
 	fs.StringVar(&o.DataDir, "data-dir", "", "keep every part's data in this directory (default: a temporary one, removed)")
 	verbose := fs.Bool("v", false, "show the parts' logs")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this `file`")
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -69,6 +71,19 @@ Flags:
 	}
 	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "fleetsim: %v\n", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "fleetsim: %v\n", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	fmt.Fprintf(os.Stderr, "fleetsim: cloud + %d gateways + %d devices at %.4g msg/s each for %v\n", o.Gateways, o.Devices, o.Rate, o.Duration)
