@@ -150,3 +150,45 @@ func TestBackoffDefaults(t *testing.T) {
 		t.Fatalf("default delay %v out of bounds", d)
 	}
 }
+
+func TestTokenBucket(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	type step struct {
+		at   time.Duration // since t0
+		n    int
+		wait time.Duration
+	}
+	tests := []struct {
+		name  string
+		b     TokenBucket
+		steps []step
+	}{
+		{"unlimited", TokenBucket{}, []step{{0, 1 << 30, 0}, {0, 1 << 30, 0}}},
+		{"burst then paced", TokenBucket{Rate: 1000, Burst: 500}, []step{
+			{0, 500, 0},                      // the burst
+			{0, 100, 100 * time.Millisecond}, // 100 bytes in debt at 1000 B/s
+			{100 * time.Millisecond, 100, 100 * time.Millisecond}, // debt repaid, new debt
+			{time.Second, 100, 0}, // refilled (capped at the burst)
+		}},
+		{"big frame waits its share", TokenBucket{Rate: 1000, Burst: 100}, []step{
+			{0, 2100, 2 * time.Second},
+			{2 * time.Second, 50, 50 * time.Millisecond},
+		}},
+		{"refill capped at burst", TokenBucket{Rate: 1000, Burst: 200}, []step{
+			{0, 200, 0}, {time.Hour, 200, 0}, {time.Hour, 1, time.Millisecond},
+		}},
+		{"clock going backwards adds nothing", TokenBucket{Rate: 1000, Burst: 100}, []step{
+			{time.Second, 100, 0}, {0, 100, 100 * time.Millisecond},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := tt.b
+			for i, s := range tt.steps {
+				if got := b.Reserve(t0.Add(s.at), s.n); got != s.wait {
+					t.Fatalf("step %d: wait %v, want %v", i, got, s.wait)
+				}
+			}
+		})
+	}
+}

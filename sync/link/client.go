@@ -47,6 +47,10 @@ type ClientConfig struct {
 	// CompressAbove zstd-compresses a batch whose records encode to more
 	// bytes than this. Zero means 4 KiB; negative never compresses.
 	CompressAbove int
+	// MaxBytesPerSecond caps the link's batch bytes per second (a
+	// gateway on a metered or shared uplink), with bursts of a tenth of a
+	// second. Zero means unlimited.
+	MaxBytesPerSecond int
 	// Backoff spaces reconnect attempts. Its zero value is usable (see
 	// flow.Backoff for its defaults). The Client owns it once Run starts.
 	Backoff flow.Backoff
@@ -85,7 +89,7 @@ func (c *ClientConfig) Validate() error {
 		return errors.New("link: ClientConfig.Addr is required")
 	case c.TLS == nil:
 		return errors.New("link: ClientConfig.TLS is required")
-	case c.Window < 0, c.MaxBatchBytes < 0, c.MaxBatchRecords < 0, c.DialTimeout < 0,
+	case c.Window < 0, c.MaxBatchBytes < 0, c.MaxBytesPerSecond < 0, c.MaxBatchRecords < 0, c.DialTimeout < 0,
 		c.KeepAlivePeriod < 0, c.MaxIdleTimeout < 0:
 		return errors.New("link: ClientConfig fields must not be negative (except Linger, CompressAbove)")
 	}
@@ -163,6 +167,8 @@ type ClientStats struct {
 	// BatchesSent, BatchesAcked, RecordsSent and BytesSent (frame bytes)
 	// count over all sessions; resent records count again.
 	BatchesSent, BatchesAcked, RecordsSent, BytesSent uint64
+	// Throttled is the total time batches waited for the bandwidth cap.
+	Throttled time.Duration
 	// Sessions counts Welcomes received; Reconnects sessions or dial
 	// attempts that failed and were retried.
 	Sessions, Reconnects uint64
@@ -189,13 +195,15 @@ type Client struct {
 	sentSeq, ackedSeq                                 atomic.Uint64
 	batchesSent, batchesAcked, recordsSent, bytesSent atomic.Uint64
 	sessions, reconnects                              atomic.Uint64
+	throttled                                         atomic.Int64
+	bucket                                            flow.TokenBucket // owned by Run\'s goroutine
 	lastErr                                           atomic.Pointer[string]
 }
 
 // NewClient returns a Client draining src. cfg is checked by Run.
 func NewClient(cfg ClientConfig, src Source) *Client {
 	cfg = cfg.withDefaults()
-	return &Client{cfg: cfg, src: src, log: cfg.Logger}
+	return &Client{cfg: cfg, src: src, log: cfg.Logger, bucket: flow.TokenBucket{Rate: float64(cfg.MaxBytesPerSecond)}}
 }
 
 // Stats returns the client's counters.
@@ -210,6 +218,7 @@ func (c *Client) Stats() ClientStats {
 		BytesSent:    c.bytesSent.Load(),
 		Sessions:     c.sessions.Load(),
 		Reconnects:   c.reconnects.Load(),
+		Throttled:    time.Duration(c.throttled.Load()),
 	}
 	if p := c.lastErr.Load(); p != nil {
 		st.LastError = *p
@@ -473,23 +482,24 @@ func (sl *sendLoop) fill(ctx context.Context) error {
 			return nil
 		}
 		if cfg.Linger > 0 && len(recs) < cfg.MaxBatchRecords && payloadSize(recs) < cfg.MaxBatchBytes {
-			if err := sl.linger(ctx); err != nil {
+			if err := sl.pause(ctx, cfg.Linger); err != nil {
 				return err
 			}
 			if recs, err = sl.c.src.Read(sl.win.Sent(), cfg.MaxBatchRecords, cfg.MaxBatchBytes); err != nil {
 				return fmt.Errorf("source read: %w", err)
 			}
 		}
-		if err := sl.send(recs); err != nil {
+		if err := sl.send(ctx, recs); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// linger waits cfg.Linger for more records, applying acks meanwhile.
-func (sl *sendLoop) linger(ctx context.Context) error {
-	t := time.NewTimer(sl.c.cfg.Linger)
+// pause waits d (for more records, or for the bandwidth cap), applying
+// acks meanwhile.
+func (sl *sendLoop) pause(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
 	defer t.Stop()
 	for {
 		select {
@@ -516,7 +526,7 @@ func payloadSize(recs []*syncv1.Record) int {
 }
 
 // send writes recs as one or more batches that fit the cloud's frame limit.
-func (sl *sendLoop) send(recs []*syncv1.Record) error {
+func (sl *sendLoop) send(ctx context.Context, recs []*syncv1.Record) error {
 	for len(recs) > 0 {
 		n := len(recs)
 		var f *syncv1.Frame
@@ -538,6 +548,13 @@ func (sl *sendLoop) send(recs []*syncv1.Record) error {
 			// A split batch found the window full: the rest waits its turn.
 			return nil
 		}
+		size := proto.Size(f) + 4
+		if wait := sl.c.bucket.Reserve(sl.c.cfg.Now(), size); wait > 0 {
+			sl.c.throttled.Add(int64(wait))
+			if err := sl.pause(ctx, wait); err != nil {
+				return err
+			}
+		}
 		last := recs[n-1].GetSeq()
 		if err := sl.win.OnSend(last); err != nil {
 			return fmt.Errorf("source records out of order: %w", err)
@@ -548,7 +565,7 @@ func (sl *sendLoop) send(recs []*syncv1.Record) error {
 		sl.c.sentSeq.Store(last)
 		sl.c.batchesSent.Add(1)
 		sl.c.recordsSent.Add(uint64(n))
-		sl.c.bytesSent.Add(uint64(proto.Size(f) + 4))
+		sl.c.bytesSent.Add(uint64(size))
 		recs = recs[n:]
 	}
 	return nil

@@ -89,3 +89,23 @@ func TestBlackholeReconnect(t *testing.T) {
 		t.Fatalf("client stats %+v", st)
 	}
 }
+
+// TestBandwidthCap: a capped client still delivers everything exactly
+// once, and its batches did wait for the cap.
+func TestBandwidthCap(t *testing.T) {
+	p := newPKI(t)
+	sink := newLogSink()
+	srv := startServer(t, serverConfig(t, p), sink, nil)
+	src := newSource(t)
+	src.add(1000)
+	cfg := clientConfig(t, p, srv.Addr().String(), "gw-1")
+	cfg.CompressAbove = -1
+	cfg.MaxBatchRecords = 100
+	cfg.MaxBytesPerSecond = 200 << 10 // ~150 KiB to send: most of it paced
+	c := startClient(t, cfg, src)
+	eventually(t, "all acknowledged", func() bool { _, a := src.state(); return a == 1000 })
+	checkLog(t, sink.log, "gw-1", 1000)
+	if st := c.Stats(); st.Throttled <= 0 || st.BytesSent < 100<<10 {
+		t.Fatalf("client stats %+v: expected batches to wait for the cap", st)
+	}
+}

@@ -45,6 +45,9 @@ func TestEndToEnd(t *testing.T) {
 	if st.State != Connected || st.Sessions != 1 || st.Reconnects != 0 || st.AckedSeq != 10000 || st.SentSeq != 10000 {
 		t.Fatalf("client stats %+v", st)
 	}
+	if st.Throttled != 0 {
+		t.Fatalf("uncapped client throttled for %v", st.Throttled)
+	}
 	if st.BatchesSent < 10000/256 || st.BatchesAcked != st.BatchesSent {
 		t.Fatalf("client batches: sent %d acked %d", st.BatchesSent, st.BatchesAcked)
 	}
