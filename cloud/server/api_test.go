@@ -1,0 +1,122 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+
+	"github.com/cloudevents/sdk-go/binding/format/protobuf/v2/pb"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tributary-io/tributary/cloud/commitlog"
+)
+
+func apiWith(t *testing.T, recs ...commitlog.Record) (*httptest.Server, *commitlog.FileLog) {
+	t.Helper()
+	l, err := commitlog.Open(t.TempDir(), commitlog.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if len(recs) > 0 {
+		if _, err := l.Append(context.Background(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := &Server{clog: l}
+	mux := http.NewServeMux()
+	s.routes(mux)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(ts.Close)
+	return ts, l
+}
+
+func eventValue(t *testing.T, id string) []byte {
+	t.Helper()
+	b, err := proto.Marshal(&pb.CloudEvent{Id: id, Source: "/s", SpecVersion: "1.0", Type: "t",
+		Data: &pb.CloudEvent_BinaryData{BinaryData: []byte(`{"x":1}`)},
+		Attributes: map[string]*pb.CloudEventAttributeValue{
+			"datacontenttype": {Attr: &pb.CloudEventAttributeValue_CeString{CeString: "application/json"}},
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestEventsPages(t *testing.T) {
+	var recs []commitlog.Record
+	for i := range 25 {
+		recs = append(recs, commitlog.Record{Topic: "a/b", Producer: "gw", ProducerSeq: uint64(i + 1), Value: eventValue(t, "gw-"+string(rune('a'+i)))})
+	}
+	ts, _ := apiWith(t, recs...)
+	var got []LogEntry
+	from := uint64(0)
+	for range 10 {
+		resp, err := http.Get(ts.URL + "/v1/events?limit=10&from=" + itoa(from))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page EventsPage
+		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		got = append(got, page.Events...)
+		if page.Next >= page.End {
+			break
+		}
+		from = page.Next
+	}
+	if len(got) != 25 {
+		t.Fatalf("paged %d records, want 25", len(got))
+	}
+	for i, e := range got {
+		if e.Offset != uint64(i) || e.GatewaySeq != uint64(i+1) || e.DecodeError != "" {
+			t.Fatalf("record %d: %+v", i, e)
+		}
+		var ev map[string]any
+		if err := json.Unmarshal(e.Event, &ev); err != nil || ev["id"] == nil || ev["data"] == nil {
+			t.Fatalf("record %d: event JSON %s (%v)", i, e.Event, err)
+		}
+	}
+}
+
+func TestEventsRejectsBadQueries(t *testing.T) {
+	ts, _ := apiWith(t)
+	for _, q := range []string{"from=-1", "from=x", "limit=0", "limit=10001", "limit=abc"} {
+		resp, err := http.Get(ts.URL + "/v1/events?" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body map[string]string
+		json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || body["error"] == "" {
+			t.Errorf("%s: status %d body %v, want 400 with an error", q, resp.StatusCode, body)
+		}
+	}
+}
+
+func TestEventsUndecodableValueIsReported(t *testing.T) {
+	ts, _ := apiWith(t, commitlog.Record{Topic: "x", Value: []byte{0xff, 0xff, 0xff}})
+	resp, err := http.Get(ts.URL + "/v1/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page EventsPage
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Events) != 1 || page.Events[0].DecodeError == "" {
+		t.Fatalf("want one record with a decode error, got %+v", page)
+	}
+}
+
+func itoa(u uint64) string {
+	b, _ := json.Marshal(u)
+	return string(b)
+}
