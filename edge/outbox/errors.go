@@ -18,6 +18,13 @@ var (
 	// committed; the outbox keeps working once space returns.
 	ErrDiskFull = errors.New("outbox: disk full")
 
+	// ErrQuotaExceeded is passed to the callback of a message that was not
+	// stored because it did not fit in Options.QuotaBytes and its class's
+	// overflow policy could not make room (see Overflow). Nothing of the
+	// message was stored; the broker answers MQTT 5 reason code 0x97 (Quota
+	// exceeded). Every refusal is counted in Stats.Rejected and its class.
+	ErrQuotaExceeded = errors.New("outbox: quota exceeded")
+
 	// ErrSchemaVersion means the database was written by a newer Tributary
 	// with a schema this build does not know. The file is left untouched.
 	ErrSchemaVersion = errors.New("outbox: unknown schema version")

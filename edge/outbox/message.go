@@ -1,6 +1,9 @@
 package outbox
 
-import "time"
+import (
+	"encoding/binary"
+	"time"
+)
 
 // Message is one device publish as the broker hands it to the outbox.
 type Message struct {
@@ -31,4 +34,36 @@ type Record struct {
 	// database, never reused, even after the outbox is emptied.
 	Seq uint64
 	Message
+}
+
+// RecordOverhead is the fixed number of bytes StoredSize adds for every
+// record: an estimate of its row header, integer columns and index entries.
+const RecordOverhead = 64
+
+// StoredSize is what a record of m counts against Options.QuotaBytes: the
+// payload, the strings (ClientID, Username, Topic, ContentType, EventType),
+// the stored encoding of the user properties, and RecordOverhead. It is
+// computed from the stored columns alone, so the outbox recounts the same
+// total from the database when it is reopened.
+func (m Message) StoredSize() int64 {
+	return int64(len(m.Payload)+len(m.ClientID)+len(m.Username)+len(m.Topic)+
+		len(m.ContentType)+len(m.EventType)+userPropertiesLen(m.UserProperties)) + RecordOverhead
+}
+
+// userPropertiesLen is len(appendUserProperties(nil, props)) without
+// encoding them.
+func userPropertiesLen(props []UserProperty) int {
+	if len(props) == 0 {
+		return 0
+	}
+	n := uvarintLen(uint64(len(props)))
+	for _, p := range props {
+		n += uvarintLen(uint64(len(p.Key))) + len(p.Key) + uvarintLen(uint64(len(p.Value))) + len(p.Value)
+	}
+	return n
+}
+
+func uvarintLen(v uint64) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], v)
 }

@@ -67,6 +67,44 @@ type Options struct {
 	// the writer checks for queued appends between steps. 0 means 256.
 	VacuumStepPages int
 
+	// QuotaBytes caps what the outbox holds, counted as the sum of
+	// Message.StoredSize over the records not yet acknowledged by the cloud.
+	// A message that does not fit is handled by its class's overflow policy
+	// (see Overflow). 0 means no quota. Open does not delete anything when the
+	// outbox already holds more than QuotaBytes (the quota was lowered): the
+	// next appends make room or are refused.
+	QuotaBytes int64
+
+	// Overflow is the overflow policy of every priority class that Classes
+	// does not name. "" means RejectNew, the policy that never loses an
+	// acknowledged message.
+	Overflow Overflow
+
+	// Classes sets the policy of individual priority classes
+	// (Message.Priority, 0 = highest). nil: every class uses Overflow and
+	// TTL.
+	Classes map[uint8]ClassPolicy
+
+	// TTL is how long a record may wait for the cloud, measured from its
+	// Message.Received against Now. Older records are deleted by the writer
+	// in chunks of ExpireChunkRows and counted in Stats.Expired. Records
+	// whose Received is zero (unknown) or before 1970 never expire. 0 means
+	// no expiry; ClassPolicy.TTL overrides it per class.
+	TTL time.Duration
+
+	// ExpireInterval is how often the idle writer looks for expired records
+	// when any class has a TTL (a busy writer looks at every turn). Looking
+	// costs a clock read until the oldest record is due. 0 means 1s.
+	ExpireInterval time.Duration
+
+	// ExpireChunkRows bounds how many records one expiry transaction
+	// deletes, so expiring a large backlog does not hold back group
+	// commits. 0 means 1000.
+	ExpireChunkRows int
+
+	// Now is the clock TTL is measured against. nil means time.Now.
+	Now func() time.Time
+
 	// Logger receives operational logs. nil discards them.
 	Logger *slog.Logger
 
@@ -79,6 +117,9 @@ type testHooks struct {
 	// afterFirst is called by the writer after it took the first message of
 	// a group and before it collects the rest.
 	afterFirst func()
+	// afterCommit is called by the writer after a group committed and Stats
+	// were updated, before the group's callbacks run.
+	afterCommit func()
 }
 
 // Validate reports the first invalid field.
@@ -101,9 +142,21 @@ func (o Options) Validate() error {
 		{"JournalSizeLimit", o.JournalSizeLimit},
 		{"AckChunkRows", int64(o.AckChunkRows)},
 		{"VacuumStepPages", int64(o.VacuumStepPages)},
+		{"QuotaBytes", o.QuotaBytes},
+		{"TTL", int64(o.TTL)},
+		{"ExpireInterval", int64(o.ExpireInterval)},
+		{"ExpireChunkRows", int64(o.ExpireChunkRows)},
 	} {
 		if f.v < 0 {
 			return fmt.Errorf("outbox: Options.%s is negative (%d)", f.name, f.v)
+		}
+	}
+	if err := o.Overflow.validate(); err != nil {
+		return fmt.Errorf("outbox: Options.Overflow: %w", err)
+	}
+	for class, p := range o.Classes {
+		if err := p.Overflow.validate(); err != nil {
+			return fmt.Errorf("outbox: Options.Classes[%d].Overflow: %w", class, err)
 		}
 	}
 	return nil
@@ -144,6 +197,18 @@ func (o Options) withDefaults() Options {
 	}
 	if o.VacuumStepPages == 0 {
 		o.VacuumStepPages = 256
+	}
+	if o.Overflow == "" {
+		o.Overflow = RejectNew
+	}
+	if o.ExpireInterval == 0 {
+		o.ExpireInterval = time.Second
+	}
+	if o.ExpireChunkRows == 0 {
+		o.ExpireChunkRows = 1000
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

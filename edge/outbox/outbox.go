@@ -25,9 +25,10 @@
 //
 // # Goroutines and locks
 //
-//   - the writer (run): the only user of wdb; commits groups, deletes acked
-//     records in bounded chunks, and when idle returns freed pages to the file
-//     system with incremental_vacuum.
+//   - the writer (run): the only user of wdb; commits groups (enforcing the
+//     quota inside each group's transaction, see policy.go), deletes acked
+//     and expired records in bounded chunks, and when idle returns freed
+//     pages to the file system with incremental_vacuum.
 //   - the checkpointer (checkpointLoop): the only user of cdb.
 //   - callers: Append/AppendWait/Ack send to the writer under gate (shared);
 //     Read uses the rdb pool; Wait and Stats read mu-guarded state.
@@ -87,17 +88,23 @@ type Outbox struct {
 
 	mu      sync.Mutex
 	st      Stats
-	commitc chan struct{} // closed and replaced after every commit (for Wait)
+	cls     [256]ClassStats // Stats.Classes, by priority
+	commitc chan struct{}   // closed and replaced after every commit (for Wait)
+
+	policy [256]classPolicy // Options.Classes resolved
+	anyTTL bool             // some class expires records
 
 	w writerState // owned by the writer goroutine
 }
 
 // pending is one queued Append.
 type pending struct {
-	m     Message
-	props []byte // encoded user properties
-	size  int
-	done  func(seq uint64, err error)
+	m       Message
+	props   []byte // encoded user properties
+	size    int    // messageSize: what MaxBatchBytes counts
+	stored  int64  // Message.StoredSize: what QuotaBytes counts
+	refused error  // set by the writer when the quota refuses m
+	done    func(seq uint64, err error)
 }
 
 type ackReq struct {
@@ -137,6 +144,7 @@ func Open(path string, opts Options) (*Outbox, error) {
 		ckDone:     make(chan struct{}),
 		commitc:    make(chan struct{}),
 	}
+	o.policy, o.anyTTL = opts.policies()
 	if err := o.open(); err != nil {
 		o.closeHandles()
 		return nil, err
@@ -214,11 +222,18 @@ func (o *Outbox) open() error {
 	return nil
 }
 
-// loadState reads the counters the outbox keeps in memory.
+// loadState reads the counters the outbox keeps in memory. This is the
+// recovery of the byte accounting: it is recounted from the stored columns,
+// so it is right after a crash however the previous run ended.
 func (o *Outbox) loadState(ctx context.Context) error {
-	var n, bytes, first, last int64
-	err := o.wdb.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(length(payload)), 0),
-		coalesce(min(seq), 0), coalesce(max(seq), 0) FROM records`).Scan(&n, &bytes, &first, &last)
+	var first, last int64
+	err := o.wdb.QueryRowContext(ctx, `SELECT coalesce(min(seq), 0), coalesce(max(seq), 0) FROM records`).Scan(&first, &last)
+	if err != nil {
+		return fmt.Errorf("outbox: load state: %w", err)
+	}
+	// A table scan: the class index would be read in full and every row
+	// looked up through it.
+	classes, err := o.countByClass(ctx, o.wdb, ` NOT INDEXED`)
 	if err != nil {
 		return fmt.Errorf("outbox: load state: %w", err)
 	}
@@ -230,28 +245,45 @@ func (o *Outbox) loadState(ctx context.Context) error {
 		return fmt.Errorf("outbox: load sequence: %w", err)
 	}
 	last = max(last, hw)
-	o.st.Records = uint64(n)
-	o.st.PayloadBytes = uint64(bytes)
+	w := &o.w
+	var sum classState
+	var touched classSet
+	for _, d := range classes {
+		w.classes[d.class] = d.classState
+		sum.add(d.classState)
+		touched.add(d.class)
+	}
+	w.bytes = sum.bytes
+	o.st.Records = uint64(sum.records)
+	o.st.PayloadBytes = uint64(sum.payload)
 	o.st.FirstSeq = uint64(first)
 	o.st.LastSeq = uint64(last)
-	if n > 0 {
+	if sum.records > 0 {
 		o.st.AckedSeq = uint64(first) - 1
 	} else {
 		o.st.AckedSeq = uint64(last)
 	}
-	o.w.last = o.st.LastSeq
-	o.w.first = o.st.FirstSeq
-	o.w.acked = o.st.AckedSeq
-	o.w.ackTarget = o.w.acked
-	o.w.vacuumCheck = true // a previous run may have left free pages
+	o.publishLocked(&touched) // no other goroutine runs yet
+	w.last = o.st.LastSeq
+	w.first = o.st.FirstSeq
+	w.acked = o.st.AckedSeq
+	w.ackTarget = w.acked
+	w.vacuumCheck = true // a previous run may have left free pages
+	if o.anyTTL {
+		if w.expireAt, err = o.nextExpiry(ctx, o.wdb, nil); err != nil {
+			return fmt.Errorf("outbox: load state: %w", err)
+		}
+	}
 	return nil
 }
 
 // Append queues m for the next group commit. done is called exactly once:
 // with m's seq after the transaction holding it has committed (durable as
-// Options.Synchronous promises), or with seq 0 and an error if the commit
+// Options.Synchronous promises), or with seq 0 and an error if m did not fit
+// in Options.QuotaBytes (errors.Is(err, ErrQuotaExceeded)), the commit
 // failed (errors.Is(err, ErrDiskFull) for a full disk) or the outbox is
-// closed (ErrClosed). Nothing of a failed group is committed.
+// closed (ErrClosed). With seq 0, nothing of m was stored. Nothing of a
+// failed group is committed.
 //
 // done runs on the writer goroutine, after the commit, in commit order; it
 // must return quickly (writing a PUBACK is fine) and must not call Append,
@@ -293,6 +325,7 @@ func (o *Outbox) AppendWait(ctx context.Context, m Message) (uint64, error) {
 func (o *Outbox) enqueue(ctx context.Context, m Message, done func(uint64, error)) error {
 	p := &pending{m: m, props: appendUserProperties(nil, m.UserProperties), done: done}
 	p.size = messageSize(&p.m)
+	p.stored = m.StoredSize()
 	o.gate.RLock()
 	defer o.gate.RUnlock()
 	if o.closed {
@@ -335,6 +368,11 @@ func (o *Outbox) Ack(upTo uint64) error {
 func (o *Outbox) Stats() Stats {
 	o.mu.Lock()
 	s := o.st
+	for _, c := range o.cls {
+		if !c.zero() {
+			s.Classes = append(s.Classes, c)
+		}
+	}
 	o.mu.Unlock()
 	s.Queued = len(o.queue)
 	return s

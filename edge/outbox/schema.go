@@ -7,8 +7,8 @@ import (
 )
 
 // schemaVersion is stored in PRAGMA user_version. Version 0 is a new, empty
-// database. Bump it with a migration step in migrate when the schema changes.
-const schemaVersion = 1
+// database. Bump it with a step in migrations when the schema changes.
+const schemaVersion = 2
 
 // The records table. seq uses AUTOINCREMENT so SQLite keeps the high-water
 // mark in sqlite_sequence: a plain INTEGER PRIMARY KEY would restart at 1
@@ -31,6 +31,19 @@ CREATE TABLE records (
 );
 PRAGMA user_version = 1;
 `
+
+// Version 2 adds the indexes the overflow and TTL policies read: a class's
+// oldest records by seq (records_class, whose entries end with the rowid,
+// seq) and by received time. Appends of one class with a steady clock add to
+// the right edge of both.
+const schemaV2 = `
+CREATE INDEX records_class ON records(priority);
+CREATE INDEX records_class_received ON records(priority, received);
+PRAGMA user_version = 2;
+`
+
+// migrations[v] takes a database from version v-1 to v.
+var migrations = []string{1: schemaV1, 2: schemaV2}
 
 const recordColumns = `seq, client_id, username, topic, payload, qos, retain,
 	content_type, event_type, priority, received, user_properties`
@@ -60,10 +73,12 @@ func migrate(ctx context.Context, db *sql.DB) error {
 	case v < 0:
 		return fmt.Errorf("%w: database has version %d", ErrSchemaVersion, v)
 	}
-	// v == 0: a new database (or a foreign one, whose conflicting tables
+	// v == 0 is a new database (or a foreign one, whose conflicting tables
 	// make CREATE TABLE fail).
-	if _, err := tx.ExecContext(ctx, schemaV1); err != nil {
-		return fmt.Errorf("outbox: create schema: %w", err)
+	for ; v < schemaVersion; v++ {
+		if _, err := tx.ExecContext(ctx, migrations[v+1]); err != nil {
+			return fmt.Errorf("outbox: migrate schema to version %d: %w", v+1, classify(err))
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("outbox: commit schema: %w", classify(err))

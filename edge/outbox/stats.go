@@ -3,9 +3,12 @@ package outbox
 // Stats is a snapshot of the outbox for metrics. Counters count since Open.
 type Stats struct {
 	// Records and PayloadBytes are what the outbox holds now: committed and
-	// not yet acknowledged by the cloud.
+	// not yet acknowledged by the cloud (nor dropped or expired). Bytes is
+	// what those records count against Options.QuotaBytes: the sum of their
+	// Message.StoredSize.
 	Records      uint64
 	PayloadBytes uint64
+	Bytes        uint64
 	// FirstSeq is the lowest seq held (0 when empty). LastSeq is the highest
 	// seq ever committed, kept across restarts even when the outbox is
 	// empty. AckedSeq is the highest seq acknowledged so far.
@@ -29,6 +32,38 @@ type Stats struct {
 	CheckpointErrors uint64
 	// VacuumedPages counts pages returned to the file system.
 	VacuumedPages uint64
+
+	// Rejected counts messages refused with ErrQuotaExceeded. The records
+	// the outbox deleted before the cloud had them are counted by reason:
+	// DroppedOldest (DropReasonQuota) by a DropOldest class's overflow
+	// policy, Expired (DropReasonExpired) by TTL. Classes breaks all three
+	// down by priority class.
+	Rejected      uint64
+	DroppedOldest uint64
+	Expired       uint64
+
+	// Classes holds, in ascending Priority, every class that holds records
+	// or has a non-zero counter. The slice belongs to the caller.
+	Classes []ClassStats
+}
+
+// Reasons for deleting a record before the cloud had it, for metric labels.
+const (
+	DropReasonQuota   = "quota-drop-oldest" // Stats.DroppedOldest
+	DropReasonExpired = "expired"           // Stats.Expired
+)
+
+// ClassStats are one priority class's share of Stats.
+type ClassStats struct {
+	Priority uint8
+	// Records and Bytes (Message.StoredSize) held now.
+	Records, Bytes uint64
+	// Rejected, DroppedOldest and Expired count since Open as in Stats.
+	Rejected, DroppedOldest, Expired uint64
+}
+
+func (c ClassStats) zero() bool {
+	return c.Records == 0 && c.Bytes == 0 && c.Rejected == 0 && c.DroppedOldest == 0 && c.Expired == 0
 }
 
 // RowsPerCommit is the mean group size, 0 before the first commit.

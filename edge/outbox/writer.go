@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"time"
 )
 
 // writerState is owned by the writer goroutine; nothing else touches it
@@ -22,6 +23,39 @@ type writerState struct {
 	vacuuming   bool // reclaiming until the free list is empty
 
 	walEstimate int64 // bytes written to the WAL since the last checkpoint request
+
+	classes [256]classState    // committed records by priority class
+	counts  [256]classCounters // per-class counters since Open
+	bytes   int64              // sum of classes' bytes: what QuotaBytes limits
+	plan    quotaPlan          // the current group's quota decisions
+	gone    []classDelta       // scratch for deletions by class
+
+	// expireAt is when, in Unix nanoseconds by Options.Now, the oldest
+	// expirable record is due; 0 when none is. It may be early (the record
+	// was acknowledged since), never late.
+	expireAt int64
+}
+
+// classCounters are the writer's per-class counters.
+type classCounters struct {
+	rejected, dropped, expired uint64
+}
+
+// classDelta is what a deletion removed from one class.
+type classDelta struct {
+	class uint8
+	classState
+}
+
+// classSet is a set of priority classes.
+type classSet [4]uint64
+
+func (s *classSet) add(c uint8)      { s[c/64] |= 1 << (c % 64) }
+func (s *classSet) has(c uint8) bool { return s[c/64]&(1<<(c%64)) != 0 }
+func (s *classSet) addDeltas(d []classDelta) {
+	for _, x := range d {
+		s.add(x.class)
+	}
 }
 
 // walPage is SQLite's default page size plus its WAL frame header; every
@@ -32,14 +66,27 @@ const walPage = 4096 + 24
 // queued, then takes one bounded step of Ack work, so neither starves the
 // other; when there is nothing else it reclaims free pages, and when there is
 // not even that it sleeps until an Append or Ack arrives.
+//
+// Expired records are deleted (one bounded step per turn) before the turn's
+// group commits, so the room they free counts for that group's quota.
 func (o *Outbox) run() {
 	defer close(o.writerDone)
 	w := &o.w
+	var tick <-chan time.Time // wakes an idle writer to look for expired records
+	if o.anyTTL {
+		t := time.NewTicker(o.opts.ExpireInterval)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		first, open := o.take()
 		if !open {
 			o.drain()
 			return
+		}
+		expired := o.expiryDue()
+		if expired {
+			o.expireStep()
 		}
 		if first != nil {
 			o.commitGroup(o.collect(first))
@@ -49,7 +96,7 @@ func (o *Outbox) run() {
 			o.ackStep()
 			continue
 		}
-		if first != nil {
+		if first != nil || expired {
 			continue
 		}
 		if w.vacuumCheck {
@@ -65,6 +112,7 @@ func (o *Outbox) run() {
 			w.carry = p
 		case a := <-o.ackc:
 			o.addAck(a)
+		case <-tick:
 		}
 	}
 }
@@ -127,14 +175,17 @@ func (o *Outbox) drain() {
 	}
 }
 
-// commitGroup inserts batch in one transaction and then reports to every
-// callback: all succeed with their seqs, or all fail with the same error.
+// commitGroup commits batch in one transaction and then reports to every
+// callback in batch order. If the commit fails, every callback gets the same
+// error and nothing of the group is stored (nor dropped). If it succeeds,
+// each message either got its seq or, refused by the quota, an error
+// wrapping ErrQuotaExceeded.
 func (o *Outbox) commitGroup(batch []*pending) {
 	defer func() {
 		clear(batch) // drop references to payloads
 		o.w.batch = batch[:0]
 	}()
-	seqs, bytes, err := o.insertGroup(batch)
+	g, err := o.insertGroup(batch)
 	if err != nil {
 		err = fmt.Errorf("outbox: commit %d messages: %w", len(batch), classify(err))
 		o.log.Error("group commit failed", "rows", len(batch), "err", err)
@@ -150,47 +201,139 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		return
 	}
 	w := &o.w
-	w.last = seqs[len(seqs)-1]
-	if w.first == 0 {
-		w.first = seqs[0]
+	var (
+		touched classSet
+		added   classState
+		refused uint64
+	)
+	for _, p := range batch {
+		c := p.m.Priority
+		touched.add(c)
+		if p.refused != nil {
+			w.counts[c].rejected++
+			refused++
+			continue
+		}
+		d := classState{records: 1, bytes: p.stored, payload: int64(len(p.m.Payload))}
+		w.classes[c].add(d)
+		added.add(d)
+		o.scheduleExpiry(c, p.m.Received)
+	}
+	var dropped classState
+	for c, cut := range w.plan.cuts {
+		if cut.dropped.records > 0 {
+			w.classes[c].sub(cut.dropped)
+			w.counts[c].dropped += uint64(cut.dropped.records)
+			dropped.add(cut.dropped)
+			touched.add(c)
+		}
+	}
+	clear(w.plan.cuts)
+	w.bytes += added.bytes - dropped.bytes
+	if g.rows > 0 {
+		w.last = g.last
+	}
+	switch {
+	case dropped.records > 0:
+		w.first = g.first
+	case w.first == 0 && g.rows > 0:
+		w.first = g.firstInserted
+	}
+	if dropped.records > 0 {
+		o.log.Debug("dropped oldest records for quota", "records", dropped.records, "bytes", dropped.bytes)
+		w.vacuumCheck = true
 	}
 	o.mu.Lock()
-	o.st.Records += uint64(len(batch))
-	o.st.PayloadBytes += uint64(bytes)
+	o.st.Records = o.st.Records + uint64(added.records) - uint64(dropped.records)
+	o.st.PayloadBytes = o.st.PayloadBytes + uint64(added.payload) - uint64(dropped.payload)
+	o.st.Rejected += refused
+	o.st.DroppedOldest += uint64(dropped.records)
 	o.st.FirstSeq = w.first
 	o.st.LastSeq = w.last
-	o.st.CommittedGroups++
-	o.st.CommittedRows += uint64(len(batch))
-	o.st.MaxGroupRows = max(o.st.MaxGroupRows, len(batch))
-	close(o.commitc)
-	o.commitc = make(chan struct{})
+	if g.rows > 0 {
+		o.st.CommittedGroups++
+		o.st.CommittedRows += uint64(g.rows)
+		o.st.MaxGroupRows = max(o.st.MaxGroupRows, g.rows)
+		close(o.commitc)
+		o.commitc = make(chan struct{})
+	}
+	o.publishLocked(&touched)
 	o.mu.Unlock()
-	o.wrote(int64(bytes) + int64(len(batch))*64 + 2*walPage)
+	if g.rows > 0 || dropped.records > 0 {
+		o.wrote(added.bytes + dropped.records*64 + 2*walPage)
+	}
+	if h := o.opts.hooks; h != nil && h.afterCommit != nil {
+		h.afterCommit()
+	}
 
 	for i, p := range batch {
-		if p.done != nil {
-			p.done(seqs[i], nil)
+		if p.done == nil {
+			continue
+		}
+		if p.refused != nil {
+			p.done(0, p.refused)
+		} else {
+			p.done(g.seqs[i], nil)
 		}
 	}
 }
 
-// insertGroup runs the group's transaction and returns the assigned seqs and
-// the payload bytes inserted. On error the transaction is rolled back.
-func (o *Outbox) insertGroup(batch []*pending) (seqs []uint64, payloadBytes int, err error) {
+// publishLocked copies the writer's state of the touched classes and its
+// total bytes into the Stats snapshot. o.mu must be held.
+func (o *Outbox) publishLocked(touched *classSet) {
+	w := &o.w
+	o.st.Bytes = uint64(w.bytes)
+	for c := range w.classes {
+		if !touched.has(uint8(c)) {
+			continue
+		}
+		o.cls[c] = ClassStats{
+			Priority:      uint8(c),
+			Records:       uint64(w.classes[c].records),
+			Bytes:         uint64(w.classes[c].bytes),
+			Rejected:      w.counts[c].rejected,
+			DroppedOldest: w.counts[c].dropped,
+			Expired:       w.counts[c].expired,
+		}
+	}
+}
+
+// groupResult is what insertGroup committed.
+type groupResult struct {
+	seqs          []uint64 // by batch index; 0 for a refused message
+	rows          int      // messages inserted
+	firstInserted uint64   // the group's lowest seq
+	last          uint64   // the group's highest seq
+	first         uint64   // the lowest seq held after the commit, when records were dropped
+}
+
+// insertGroup runs the group's transaction: the quota plan (refusals and
+// drops), then the inserts. On error the transaction is rolled back.
+func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 	ctx := context.Background()
 	tx, err := o.wdb.BeginTx(ctx, nil)
 	if err != nil {
-		return nil, 0, fmt.Errorf("begin: %w", err)
+		return g, fmt.Errorf("begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			o.rollback(tx)
+			clear(o.w.plan.cuts)
 		}
 	}()
+	if o.opts.QuotaBytes > 0 {
+		if err := o.planQuota(ctx, tx, batch); err != nil {
+			return g, fmt.Errorf("quota: %w", err)
+		}
+	}
 	stmt := tx.StmtContext(ctx, o.insert)
-	seqs = o.w.seqs[:0]
+	seqs := o.w.seqs[:0]
 	prev := o.w.last
 	for _, p := range batch {
+		if p.refused != nil {
+			seqs = append(seqs, 0)
+			continue
+		}
 		m := &p.m
 		payload := m.Payload
 		if payload == nil {
@@ -203,26 +346,45 @@ func (o *Outbox) insertGroup(batch []*pending) (seqs []uint64, payloadBytes int,
 		res, err := stmt.ExecContext(ctx, m.ClientID, m.Username, m.Topic, payload, int64(m.QoS),
 			m.Retain, m.ContentType, m.EventType, int64(m.Priority), unixNano(m.Received), props)
 		if err != nil {
-			return nil, 0, fmt.Errorf("insert: %w", err)
+			return g, fmt.Errorf("insert: %w", err)
 		}
 		id, err := res.LastInsertId()
 		if err != nil {
-			return nil, 0, fmt.Errorf("insert: %w", err)
+			return g, fmt.Errorf("insert: %w", err)
 		}
 		// AUTOINCREMENT and a single writer make this impossible; check
 		// anyway, since the cloud's dedup depends on it.
 		if id <= 0 || uint64(id) <= prev {
-			return nil, 0, fmt.Errorf("insert: seq %d does not follow %d", id, prev)
+			return g, fmt.Errorf("insert: seq %d does not follow %d", id, prev)
 		}
 		prev = uint64(id)
 		seqs = append(seqs, prev)
-		payloadBytes += len(payload)
+		if g.rows == 0 {
+			g.firstInserted = prev
+		}
+		g.rows++
+	}
+	g.last = prev
+	if len(o.w.plan.cuts) > 0 {
+		if g.first, err = minSeq(ctx, tx); err != nil {
+			return g, err
+		}
 	}
 	if err := tx.Commit(); err != nil {
-		return nil, 0, fmt.Errorf("commit: %w", err)
+		return g, fmt.Errorf("commit: %w", err)
 	}
 	o.w.seqs = seqs
-	return seqs, payloadBytes, nil
+	g.seqs = seqs
+	return g, nil
+}
+
+// minSeq returns the lowest seq held, 0 if none.
+func minSeq(ctx context.Context, tx *sql.Tx) (uint64, error) {
+	var seq sql.NullInt64
+	if err := tx.QueryRowContext(ctx, `SELECT min(seq) FROM records`).Scan(&seq); err != nil {
+		return 0, fmt.Errorf("min seq: %w", err)
+	}
+	return uint64(seq.Int64), nil
 }
 
 // rollback ends a failed transaction. SQLite may already have rolled it
@@ -283,7 +445,7 @@ func (o *Outbox) ackStep() {
 	if w.first != 0 && hi-w.first >= uint64(o.opts.AckChunkRows) {
 		hi = w.first + uint64(o.opts.AckChunkRows) - 1
 	}
-	n, bytes, first, err := o.deleteUpTo(hi)
+	gone, first, err := o.deleteUpTo(hi)
 	if err != nil {
 		err = fmt.Errorf("outbox: ack %d: %w", hi, classify(err))
 		o.log.Error("ack failed", "err", err)
@@ -296,14 +458,18 @@ func (o *Outbox) ackStep() {
 	}
 	w.acked = hi
 	w.first = first
+	removed := o.removed(gone)
+	var touched classSet
+	touched.addDeltas(gone)
 	o.mu.Lock()
-	o.st.Records -= uint64(n)
-	o.st.PayloadBytes -= uint64(bytes)
+	o.st.Records -= uint64(removed.records)
+	o.st.PayloadBytes -= uint64(removed.payload)
 	o.st.FirstSeq = first
 	o.st.AckedSeq = hi
+	o.publishLocked(&touched)
 	o.mu.Unlock()
-	if n > 0 {
-		o.wrote(n*64 + bytes + 2*walPage)
+	if removed.records > 0 {
+		o.wrote(removed.records*64 + removed.payload + 2*walPage)
 		w.vacuumCheck = true
 	}
 	kept := w.ackWaiters[:0]
@@ -318,34 +484,82 @@ func (o *Outbox) ackStep() {
 	w.ackWaiters = kept
 }
 
-// deleteUpTo deletes seq <= hi and returns the rows and payload bytes
-// removed and the lowest seq left (0 if none).
-func (o *Outbox) deleteUpTo(hi uint64) (n, bytes int64, first uint64, err error) {
+// removed subtracts committed deletions from the writer's class totals and
+// returns their sum.
+func (o *Outbox) removed(gone []classDelta) classState {
+	w := &o.w
+	var sum classState
+	for _, d := range gone {
+		w.classes[d.class].sub(d.classState)
+		sum.add(d.classState)
+	}
+	w.bytes -= sum.bytes
+	return sum
+}
+
+// deleteUpTo deletes seq <= hi and returns what it removed from each class
+// and the lowest seq left (0 if none).
+func (o *Outbox) deleteUpTo(hi uint64) (gone []classDelta, first uint64, err error) {
 	ctx := context.Background()
 	tx, err := o.wdb.BeginTx(ctx, nil)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("begin: %w", err)
+		return nil, 0, fmt.Errorf("begin: %w", err)
 	}
 	defer func() {
 		if err != nil {
 			o.rollback(tx)
 		}
 	}()
-	if err = tx.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(length(payload)), 0)
-		FROM records WHERE seq <= ?`, int64(hi)).Scan(&n, &bytes); err != nil {
-		return 0, 0, 0, fmt.Errorf("count: %w", err)
+	// NOT INDEXED keeps the planner on the seq range: the class index would
+	// visit every record to avoid sorting by priority.
+	if gone, err = o.countByClass(ctx, tx, ` NOT INDEXED WHERE seq <= ?`, int64(hi)); err != nil {
+		return nil, 0, err
 	}
 	if _, err = tx.ExecContext(ctx, `DELETE FROM records WHERE seq <= ?`, int64(hi)); err != nil {
-		return 0, 0, 0, fmt.Errorf("delete: %w", err)
+		return nil, 0, fmt.Errorf("delete: %w", err)
 	}
-	var min sql.NullInt64
-	if err = tx.QueryRowContext(ctx, `SELECT min(seq) FROM records`).Scan(&min); err != nil {
-		return 0, 0, 0, fmt.Errorf("min: %w", err)
+	if first, err = minSeq(ctx, tx); err != nil {
+		return nil, 0, err
 	}
 	if err = tx.Commit(); err != nil {
-		return 0, 0, 0, fmt.Errorf("commit: %w", err)
+		return nil, 0, fmt.Errorf("commit: %w", err)
 	}
-	return n, bytes, uint64(min.Int64), nil
+	return gone, first, nil
+}
+
+// countByClass sums the records selected by where (appended to
+// "FROM records") by class, into the writer's scratch slice.
+func (o *Outbox) countByClass(ctx context.Context, q queryer, where string, args ...any) ([]classDelta, error) {
+	rows, err := q.QueryContext(ctx, `SELECT priority, count(*), sum(length(payload)), sum(`+sizeSQL+`)
+		FROM records`+where+` GROUP BY priority`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("count: %w", err)
+	}
+	defer rows.Close()
+	gone := o.w.gone[:0]
+	for rows.Next() {
+		var d classDelta
+		var pri int64
+		if err := rows.Scan(&pri, &d.records, &d.payload, &d.bytes); err != nil {
+			return nil, fmt.Errorf("count: %w", err)
+		}
+		if pri < 0 || pri > 255 {
+			return nil, fmt.Errorf("%w: priority %d", ErrCorrupt, pri)
+		}
+		d.class = uint8(pri)
+		gone = append(gone, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("count: %w", err)
+	}
+	o.w.gone = gone
+	return gone, nil
+}
+
+// queryer is what countByClass needs of a *sql.DB or *sql.Tx.
+type queryer interface {
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
 }
 
 // vacuumStep returns up to Options.VacuumStepPages free pages to the file
