@@ -1,0 +1,197 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/edge/outbox"
+)
+
+// hook is the broker's mochi hook: it routes publishes, commits forwarded
+// ones to the outbox before they are acknowledged, and tracks per-client
+// acknowledgement sessions for AckAsync.
+type hook struct {
+	mqtt.HookBase
+	b *Broker
+}
+
+var _ mqtt.Hook = (*hook)(nil)
+
+func (h *hook) ID() string { return "tributary-outbox" }
+
+func (h *hook) Provides(b byte) bool {
+	return b == mqtt.OnPublish || b == mqtt.OnDisconnect || b == mqtt.OnPacketEncode
+}
+
+// OnPacketEncode advertises the Maximum Packet Size in a successful CONNACK
+// (MQTT 5 only; mochi enforces the limit but never announces it).
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
+		pk.Properties.MaximumPacketSize = uint32(h.b.cfg.Limits.MaxPayloadBytes + packetOverhead)
+	}
+	return pk
+}
+
+// OnDisconnect forgets the client's session. Entries still queued keep a
+// pointer to it and are finished (delivered; their PUBACK write fails).
+func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.b.sessMu.Lock()
+	delete(h.b.sessions, cl)
+	h.b.sessMu.Unlock()
+}
+
+// OnPublish runs on the publishing client's read goroutine, before mochi
+// acknowledges and delivers. Returning packets.ErrRejectPacket makes mochi do
+// neither: the broker then answers the client itself (or, for a refusal,
+// does not answer).
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	b := h.b
+	if cl.Net.Inline {
+		return restoreOrigin(pk), nil
+	}
+	b.received.Add(1)
+	route := b.router.route(pk.TopicName)
+	qos := pk.FixedHeader.Qos
+	if qos == 1 && b.cfg.AckMode == AckAsync {
+		return b.publishAsync(cl, pk, route)
+	}
+	if len(pk.Payload) > b.cfg.Limits.MaxPayloadBytes {
+		b.rejected.Add(1)
+		return b.refuse(cl, pk, b.tooLarge())
+	}
+	if !route.Forward {
+		return pk, nil
+	}
+	b.forwarded.Add(1)
+	m := b.message(cl, &pk, route)
+	if qos == 0 {
+		b.work.Add(1)
+		b.ob.Append(m, func(_ uint64, err error) {
+			b.countCommit(err)
+			b.work.Done()
+		})
+		return pk, nil
+	}
+	// AckSync, or QoS 2 in either mode: wait for the commit here.
+	done := make(chan error, 1)
+	b.work.Add(1)
+	b.ob.Append(m, func(_ uint64, err error) {
+		b.countCommit(err)
+		done <- err
+		b.work.Done()
+	})
+	select {
+	case err := <-done:
+		if err != nil {
+			b.rejected.Add(1)
+			return b.refuse(cl, pk, commitCode(err))
+		}
+		return pk, nil
+	case <-b.closing:
+		// Shutting down: no acknowledgement; the client resends after it
+		// reconnects (a duplicate row if this commit still succeeds).
+		return pk, packets.ErrRejectPacket
+	}
+}
+
+// refuse answers a publish that will not be acknowledged: MQTT 5 gets a
+// negative PUBACK (PUBREC for QoS 2) carrying code; MQTT 3.1.1, which has no
+// negative acknowledgement, is disconnected so that it resends. QoS 0 is
+// dropped. It is used on the read goroutine only (AckSync and QoS 0/2).
+func (b *Broker) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (packets.Packet, error) {
+	switch {
+	case pk.FixedHeader.Qos == 0:
+	case cl.Properties.ProtocolVersion == 5:
+		typ := packets.Puback
+		if pk.FixedHeader.Qos == 2 {
+			typ = packets.Pubrec
+		}
+		ack := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: typ},
+			PacketID:    pk.PacketID,
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason},
+		}
+		if err := cl.WritePacket(ack); err != nil {
+			b.log.Debug("negative ack not written", "client", cl.ID, "error", err)
+		}
+	default:
+		cl.Stop(code)
+	}
+	return pk, packets.ErrRejectPacket
+}
+
+// commitCode is the MQTT 5 reason code for a failed commit.
+func commitCode(err error) packets.Code {
+	if errors.Is(err, outbox.ErrDiskFull) {
+		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "outbox full"}
+	}
+	return packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "outbox commit failed"}
+}
+
+func (b *Broker) tooLarge() packets.Code {
+	return packets.Code{
+		Code:   packets.ErrQuotaExceeded.Code,
+		Reason: fmt.Sprintf("payload larger than %d bytes", b.cfg.Limits.MaxPayloadBytes),
+	}
+}
+
+func (b *Broker) countCommit(err error) {
+	if err != nil {
+		b.commitErrors.Add(1)
+		b.log.Warn("outbox commit failed", "error", err)
+		return
+	}
+	b.committed.Add(1)
+}
+
+// message builds the outbox message for a forwarded publish. The payload is
+// copied: the outbox keeps it until the commit while mochi delivers pk.
+func (b *Broker) message(cl *mqtt.Client, pk *packets.Packet, r Route) outbox.Message {
+	m := outbox.Message{
+		ClientID:    cl.ID,
+		Username:    string(cl.Properties.Username),
+		Topic:       pk.TopicName,
+		Payload:     bytes.Clone(pk.Payload),
+		QoS:         pk.FixedHeader.Qos,
+		Retain:      pk.FixedHeader.Retain,
+		ContentType: pk.Properties.ContentType,
+		EventType:   r.EventType,
+		Priority:    r.Priority,
+		Received:    b.now(),
+	}
+	if len(pk.Properties.User) > 0 {
+		m.UserProperties = make([]outbox.UserProperty, len(pk.Properties.User))
+		for i, u := range pk.Properties.User {
+			m.UserProperties[i] = outbox.UserProperty{Key: u.Key, Value: u.Val}
+		}
+	}
+	return m
+}
+
+// deliveryMarker tags packets the broker injects through mochi's inline
+// client for local delivery. It is compared by address, so no packet from
+// elsewhere can carry it.
+var deliveryMarker = []byte("tributary-local-delivery")
+
+func isDelivery(pk *packets.Packet) bool {
+	p := pk.Connect.ProtocolName
+	return len(p) == len(deliveryMarker) && &p[0] == &deliveryMarker[0]
+}
+
+// restoreOrigin undoes what injecting through the inline client changed:
+// the origin becomes the publishing device again, so NoLocal subscriptions
+// and retained-message origins are right. Other inline publishes (the
+// gateway's own) pass unchanged and are not forwarded.
+func restoreOrigin(pk packets.Packet) packets.Packet {
+	if !isDelivery(&pk) {
+		return pk
+	}
+	pk.Origin = pk.Connect.ClientIdentifier
+	pk.Connect = packets.ConnectParams{}
+	return pk
+}
