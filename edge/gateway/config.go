@@ -132,7 +132,7 @@ func (c Config) Validate() error {
 		}
 	}
 	if err := c.MQTT.Validate(); err != nil {
-		return fmt.Errorf("mqtt: %w", err)
+		return fmt.Errorf("%w: mqtt: %w", ErrConfig, err)
 	}
 	switch c.Outbox.Synchronous {
 	case "", "full", "extra", "normal":
