@@ -86,8 +86,9 @@ type Options struct {
 	Classes map[uint8]ClassPolicy
 
 	// TTL is how long a record may wait for the cloud, measured from its
-	// Message.Received against Now. Older records are deleted by the writer
-	// in chunks of ExpireChunkRows and counted in Stats.Expired. Records
+	// Message.Received against Now: once Now - Received >= TTL the writer
+	// deletes it (in chunks of ExpireChunkRows) and counts it in
+	// Stats.Expired, whether or not it was already sent. Records
 	// whose Received is zero (unknown) or before 1970 never expire. 0 means
 	// no expiry; ClassPolicy.TTL overrides it per class.
 	TTL time.Duration
