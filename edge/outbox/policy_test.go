@@ -200,12 +200,12 @@ func TestDropOldestClassOrder(t *testing.T) {
 		class uint8
 		held  string // seqs held after the append
 	}{
-		{1, "[1 2 3 5 6 7 8 9 10 11]"},  // drops 4 (class 3, the lowest droppable)
-		{1, "[1 2 3 5 6 7 8 10 11 12]"}, // drops 9 (class 3); class 4 is RejectNew
-		{2, "[1 2 5 6 7 8 10 11 12 13]"}, // drops 3 (oldest class 2)
-		{1, "[1 2 5 6 7 10 11 12 13 14]"}, // drops 8 (class 2)
-		{1, "[1 2 5 6 7 10 11 12 14 15]"}, // drops 13 (the last class 2)
-		{1, "[1 5 6 7 10 11 12 14 15 16]"}, // class 1 now drops its own oldest: 2
+		{1, "[1 2 3 5 6 7 8 9 10 11]"},      // drops 4 (class 3, the lowest droppable)
+		{1, "[1 2 3 5 6 7 8 10 11 12]"},     // drops 9 (class 3); class 4 is RejectNew
+		{2, "[1 2 5 6 7 8 10 11 12 13]"},    // drops 3 (oldest class 2)
+		{1, "[1 2 5 6 7 10 11 12 13 14]"},   // drops 8 (class 2)
+		{1, "[1 2 5 6 7 10 11 12 14 15]"},   // drops 13 (the last class 2)
+		{1, "[1 5 6 7 10 11 12 14 15 16]"},  // class 1 now drops its own oldest: 2
 		{0, "[1 5 6 10 11 12 14 15 16 17]"}, // class 0 drops the lowest class left: 7 (class 1)
 	}
 	for i, s := range steps {
