@@ -105,10 +105,13 @@ func deadLetterValue(orig []byte, info deadLetterInfo, dropData bool) ([]byte, e
 		pe.Data = nil
 		info.reason += " (data dropped: the dead letter was too large for the log)"
 	}
+	// The reason can quote sink bodies or record bytes: protobuf strings
+	// must be valid UTF-8.
 	reason := info.reason
 	if len(reason) > maxReasonLen {
-		reason = strings.ToValidUTF8(reason[:maxReasonLen], "")
+		reason = reason[:maxReasonLen]
 	}
+	reason = strings.ToValidUTF8(reason, "\uFFFD")
 	str := func(s string) *pb.CloudEventAttributeValue {
 		return &pb.CloudEventAttributeValue{Attr: &pb.CloudEventAttributeValue_CeString{CeString: s}}
 	}

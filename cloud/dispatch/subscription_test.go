@@ -44,7 +44,9 @@ func TestValidate(t *testing.T) {
 		{"header name", func(s *Subscription) { s.ProtocolSettings.Headers = map[string]string{"X A": "a"} }, "protocol_settings.headers.X A", "invalid character"},
 		{"negative timeout", func(s *Subscription) { s.ProtocolSettings.Timeout = -1 }, "protocol_settings.timeout", "negative"},
 		{"huge timeout", func(s *Subscription) { s.ProtocolSettings.Timeout = Duration(time.Hour) }, "protocol_settings.timeout", "at most"},
-		{"bad filter", func(s *Subscription) { s.Filters = []filter.Filter{{Exact: map[string]string{"type": "x"}}, {Not: &filter.Filter{SQL: "TRUE AND"}}} }, "filters[1].not.sql", "syntax error"},
+		{"bad filter", func(s *Subscription) {
+			s.Filters = []filter.Filter{{Exact: map[string]string{"type": "x"}}, {Not: &filter.Filter{SQL: "TRUE AND"}}}
+		}, "filters[1].not.sql", "syntax error"},
 		{"parallelism", func(s *Subscription) { s.Parallelism = MaxParallelism + 1 }, "parallelism", "between"},
 		{"negative parallelism", func(s *Subscription) { s.Parallelism = -1 }, "parallelism", "between"},
 		{"attempts", func(s *Subscription) { s.Retry.MaxAttempts = -1 }, "retry.max_attempts", "negative"},
