@@ -57,8 +57,8 @@ import (
 
 // Outbox is the part of edge/outbox the broker uses. done must be called
 // exactly once per Append, after the message is durably committed (seq,
-// nil) or when it will not be (0, err); errors.Is(err, outbox.ErrDiskFull)
-// marks a full store. done may run on any goroutine, including the caller's
+// nil) or when it will not be (0, err); errors.Is(err, outbox.ErrQuotaExceeded)
+// or outbox.ErrDiskFull marks a full store (MQTT 5 reason 0x97, else 0x80). done may run on any goroutine, including the caller's
 // before Append returns, and must not be blocked on by Append. The broker
 // does not modify m after Append.
 type Outbox interface {

@@ -118,6 +118,8 @@ func failOutbox(t *testing.T, opts ...fakeOption) *fakeOutbox {
 			return errCommit
 		case strings.HasPrefix(string(m.Payload), "full"):
 			return fmt.Errorf("commit: %w", outbox.ErrDiskFull)
+		case strings.HasPrefix(string(m.Payload), "quota"):
+			return outbox.ErrQuotaExceeded
 		}
 		return nil
 	}))...)
@@ -195,6 +197,7 @@ func TestCommitFailureMQTT5(t *testing.T) {
 			c.publish(2, 1, "sensors/a", []byte("ok-2"), packets.Properties{})
 			c.publish(3, 1, "sensors/a", []byte("full-3"), packets.Properties{})
 			c.publish(4, 2, "sensors/a", []byte("fail-4"), packets.Properties{}) // QoS 2: negative PUBREC
+			c.publish(5, 1, "sensors/a", []byte("quota-5"), packets.Properties{})
 			// PUBACKs keep their order, PUBRECs theirs (MQTT 5 §4.6); a
 			// QoS 2 ack may overtake QoS 1 acks waiting for their commit.
 			type ack struct {
@@ -202,7 +205,7 @@ func TestCommitFailureMQTT5(t *testing.T) {
 				reason byte
 			}
 			var pubacks, pubrecs []ack
-			for len(pubacks)+len(pubrecs) < 4 {
+			for len(pubacks)+len(pubrecs) < 5 {
 				pk := c.mustReadAny()
 				a := ack{pk.PacketID, pk.ReasonCode}
 				switch pk.FixedHeader.Type {
@@ -217,13 +220,13 @@ func TestCommitFailureMQTT5(t *testing.T) {
 					t.Errorf("ack %d has no reason string", a.id)
 				}
 			}
-			if fmt.Sprint(pubacks) != "[{1 128} {2 0} {3 151}]" || fmt.Sprint(pubrecs) != "[{4 128}]" {
+			if fmt.Sprint(pubacks) != "[{1 128} {2 0} {3 151} {5 151}]" || fmt.Sprint(pubrecs) != "[{4 128}]" {
 				t.Fatalf("PUBACKs %v, PUBRECs %v", pubacks, pubrecs)
 			}
 			c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
 			c.mustRead(packets.Pingresp)
 			st := b.Stats()
-			if st.CommitErrors != 3 || st.Rejected != 3 || st.Committed != 1 {
+			if st.CommitErrors != 4 || st.Rejected != 4 || st.Committed != 1 {
 				t.Errorf("stats %+v", st)
 			}
 		})

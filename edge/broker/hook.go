@@ -125,10 +125,14 @@ func (b *Broker) refuse(cl *mqtt.Client, pk packets.Packet, code packets.Code) (
 	return pk, packets.ErrRejectPacket
 }
 
-// commitCode is the MQTT 5 reason code for a failed commit.
+// commitCode is the MQTT 5 reason code for a message the outbox did not
+// store: 0x97 (quota exceeded) when it is full, 0x80 otherwise.
 func commitCode(err error) packets.Code {
-	if errors.Is(err, outbox.ErrDiskFull) {
-		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "outbox full"}
+	switch {
+	case errors.Is(err, outbox.ErrQuotaExceeded):
+		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "outbox quota exceeded"}
+	case errors.Is(err, outbox.ErrDiskFull):
+		return packets.Code{Code: packets.ErrQuotaExceeded.Code, Reason: "outbox disk full"}
 	}
 	return packets.Code{Code: packets.ErrUnspecifiedError.Code, Reason: "outbox commit failed"}
 }
