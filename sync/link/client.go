@@ -165,8 +165,10 @@ type ClientStats struct {
 	// highest seq the cloud acknowledged (and the Source was told).
 	SentSeq, AckedSeq uint64
 	// BatchesSent, BatchesAcked, RecordsSent and BytesSent (frame bytes)
-	// count over all sessions; resent records count again.
-	BatchesSent, BatchesAcked, RecordsSent, BytesSent uint64
+	// count over all sessions; resent records count again. RawBytes counts
+	// the sent batches' record encodings before compression, so
+	// RawBytes/BytesSent is the link's compression ratio.
+	BatchesSent, BatchesAcked, RecordsSent, BytesSent, RawBytes uint64
 	// Throttled is the total time batches waited for the bandwidth cap.
 	Throttled time.Duration
 	// Sessions counts Welcomes received; Reconnects sessions or dial
@@ -194,6 +196,7 @@ type Client struct {
 	state                                             atomic.Int32
 	sentSeq, ackedSeq                                 atomic.Uint64
 	batchesSent, batchesAcked, recordsSent, bytesSent atomic.Uint64
+	rawBytes                                          atomic.Uint64
 	sessions, reconnects                              atomic.Uint64
 	throttled                                         atomic.Int64
 	bucket                                            flow.TokenBucket // owned by Run\'s goroutine
@@ -216,6 +219,7 @@ func (c *Client) Stats() ClientStats {
 		BatchesAcked: c.batchesAcked.Load(),
 		RecordsSent:  c.recordsSent.Load(),
 		BytesSent:    c.bytesSent.Load(),
+		RawBytes:     c.rawBytes.Load(),
 		Sessions:     c.sessions.Load(),
 		Reconnects:   c.reconnects.Load(),
 		Throttled:    time.Duration(c.throttled.Load()),
@@ -530,12 +534,13 @@ func (sl *sendLoop) send(ctx context.Context, recs []*syncv1.Record) error {
 	for len(recs) > 0 {
 		n := len(recs)
 		var f *syncv1.Frame
+		var raw int
 		for {
-			b, err := wire.EncodeRecords(recs[:n], sl.c.cfg.CompressAbove)
+			b, rawLen, err := wire.EncodeBatch(recs[:n], sl.c.cfg.CompressAbove)
 			if err != nil {
 				return fmt.Errorf("source returned records that cannot be sent: %w", err)
 			}
-			f = &syncv1.Frame{Body: &syncv1.Frame_Batch{Batch: b}}
+			f, raw = &syncv1.Frame{Body: &syncv1.Frame_Batch{Batch: b}}, rawLen
 			if size := proto.Size(f) + 4; size <= sl.maxFrame {
 				break
 			}
@@ -566,6 +571,7 @@ func (sl *sendLoop) send(ctx context.Context, recs []*syncv1.Record) error {
 		sl.c.batchesSent.Add(1)
 		sl.c.recordsSent.Add(uint64(n))
 		sl.c.bytesSent.Add(uint64(size))
+		sl.c.rawBytes.Add(uint64(raw))
 		recs = recs[n:]
 	}
 	return nil

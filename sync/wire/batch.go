@@ -75,15 +75,22 @@ var encoder = sync.OnceValues(func() (*zstd.Encoder, error) {
 // encoding is longer than compressAbove bytes; compressAbove <= 0 never
 // compresses. The batch holds its own copy of the bytes: recs may be reused.
 func EncodeRecords(recs []*syncv1.Record, compressAbove int) (*syncv1.Batch, error) {
+	b, _, err := EncodeBatch(recs, compressAbove)
+	return b, err
+}
+
+// EncodeBatch is EncodeRecords that also returns the length of the
+// RecordList's encoding before compression (for compression statistics).
+func EncodeBatch(recs []*syncv1.Record, compressAbove int) (*syncv1.Batch, int, error) {
 	if err := ValidateRecords(recs, 0); err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	if len(recs) > maxBatchRecords {
-		return nil, fmt.Errorf("%w: %d records, limit %d", ErrInvalidBatch, len(recs), maxBatchRecords)
+		return nil, 0, fmt.Errorf("%w: %d records, limit %d", ErrInvalidBatch, len(recs), maxBatchRecords)
 	}
 	raw, err := proto.Marshal(&syncv1.RecordList{Records: recs})
 	if err != nil {
-		return nil, fmt.Errorf("wire: marshal records: %w", err)
+		return nil, 0, fmt.Errorf("wire: marshal records: %w", err)
 	}
 	b := &syncv1.Batch{
 		LastSeq:  recs[len(recs)-1].GetSeq(),
@@ -94,12 +101,12 @@ func EncodeRecords(recs []*syncv1.Record, compressAbove int) (*syncv1.Batch, err
 	if compressAbove > 0 && len(raw) > compressAbove {
 		enc, err := encoder()
 		if err != nil {
-			return nil, fmt.Errorf("wire: zstd encoder: %w", err)
+			return nil, 0, fmt.Errorf("wire: zstd encoder: %w", err)
 		}
 		b.Encoding = syncv1.Encoding_ENCODING_ZSTD
 		b.Records = enc.EncodeAll(raw, make([]byte, 0, len(raw)/2))
 	}
-	return b, nil
+	return b, len(raw), nil
 }
 
 // decoders holds synchronous (concurrency 1) zstd decoders: they start no
