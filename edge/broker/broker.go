@@ -219,6 +219,7 @@ func (b *Broker) Start() error {
 		for _, ln := range bound {
 			_ = ln.Close()
 		}
+		b.addrs = Addrs{}
 		return err
 	}
 	wt := lim.WriteTimeout
