@@ -65,9 +65,12 @@ func classStats(st Stats, class uint8) ClassStats {
 func checkAccounting(t *testing.T, o *Outbox) {
 	t.Helper()
 	st := o.Stats()
-	var records, payload, bytes uint64
+	var records, payload, bytes, first uint64
 	byClass := map[uint8][2]uint64{}
 	for _, r := range readAll(t, o, 0) {
+		if first == 0 {
+			first = r.Seq
+		}
 		records++
 		payload += uint64(len(r.Payload))
 		size := uint64(r.Message.StoredSize())
@@ -78,6 +81,9 @@ func checkAccounting(t *testing.T, o *Outbox) {
 	if st.Records != records || st.PayloadBytes != payload || st.Bytes != bytes {
 		t.Fatalf("stats hold %d records, %d payload bytes, %d bytes; Read finds %d, %d, %d",
 			st.Records, st.PayloadBytes, st.Bytes, records, payload, bytes)
+	}
+	if st.FirstSeq != first {
+		t.Fatalf("Stats.FirstSeq = %d, Read finds %d first", st.FirstSeq, first)
 	}
 	for _, c := range st.Classes {
 		if want := byClass[c.Priority]; c.Records != want[0] || c.Bytes != want[1] {
@@ -525,7 +531,8 @@ func runQuotaModel(t *testing.T, seed uint64) {
 		}
 		st := o.Stats()
 		if st.Bytes != uint64(bytesOf(held, -1)) || st.Bytes > uint64(opts.QuotaBytes) ||
-			st.Rejected != totalRejected || st.DroppedOldest != totalDrops || st.LastSeq != last {
+			st.Rejected != totalRejected || st.DroppedOldest != totalDrops || st.LastSeq != last ||
+			(len(held) > 0 && st.FirstSeq != held[0].seq) || (len(held) == 0 && st.FirstSeq != 0) {
 			t.Fatalf("step %d: stats %+v; model holds %d bytes, %d rejected, %d dropped, last %d",
 				step, st, bytesOf(held, -1), totalRejected, totalDrops, last)
 		}
