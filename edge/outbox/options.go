@@ -121,6 +121,10 @@ type testHooks struct {
 	// afterCommit is called by the writer after a group committed and Stats
 	// were updated, before the group's callbacks run.
 	afterCommit func()
+	// beforeCommit is called by the writer with a group's transaction
+	// complete but not committed; an error it returns fails the commit (the
+	// transaction is rolled back).
+	beforeCommit func() error
 }
 
 // Validate reports the first invalid field.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -857,4 +858,78 @@ func TestValidatePolicies(t *testing.T) {
 			t.Errorf("%s: Validate = %v", tc.name, err)
 		}
 	}
+}
+
+// TestFailedCommitDropsNothing: when a group's commit fails, its planned
+// drops are rolled back with its inserts: every message gets the commit's
+// error (also those the quota would have refused), nothing held is lost and
+// no counter moves. The same group succeeds once commits do.
+func TestFailedCommitDropsNothing(t *testing.T) {
+	const size = 200
+	injected := errors.New("injected commit failure")
+	var failing atomic.Bool
+	h := &writerHold{}
+	hooks := h.hooks()
+	hooks.beforeCommit = func() error {
+		if failing.Load() {
+			return injected
+		}
+		return nil
+	}
+	o := openT(t, dbPath(t), Options{QuotaBytes: 5 * size, Classes: map[uint8]ClassPolicy{2: {Overflow: DropOldest}}, hooks: hooks})
+	for i := range 5 {
+		mustAppend(t, o, classMsg(2, i, size))
+	}
+	before := o.Stats()
+	// One group: a class 2 message (drops seq 1), a class 2 message (drops
+	// seq 2), a class 0 message (drops seq 3), a message larger than the
+	// quota (refused).
+	group := []Message{classMsg(2, 10, size), classMsg(2, 11, size), classMsg(0, 12, size), classMsg(0, 13, 6*size)}
+	run := func() ([]uint64, []error) {
+		seqs := make([]uint64, len(group))
+		errs := make([]error, len(group))
+		var wg sync.WaitGroup
+		wg.Add(len(group))
+		held, release := h.arm()
+		for i, m := range group {
+			o.Append(m, func(seq uint64, err error) { seqs[i], errs[i] = seq, err; wg.Done() })
+			if i == 0 {
+				<-held
+			}
+		}
+		close(release)
+		wg.Wait()
+		return seqs, errs
+	}
+
+	failing.Store(true)
+	seqs, errs := run()
+	for i := range group {
+		if seqs[i] != 0 || !errors.Is(errs[i], injected) {
+			t.Errorf("message %d of the failed group: %d, %v", i, seqs[i], errs[i])
+		}
+	}
+	after := o.Stats()
+	if got := fmt.Sprint(heldSeqs(t, o)); got != "[1 2 3 4 5]" {
+		t.Fatalf("held after the failed group: %s", got)
+	}
+	if after.Bytes != before.Bytes || after.DroppedOldest != 0 || after.Rejected != 0 || after.FailedRows != 4 ||
+		after.LastSeq != 5 || fmt.Sprint(after.Classes) != fmt.Sprint(before.Classes) {
+		t.Fatalf("stats after the failed group: %+v, before %+v", after, before)
+	}
+	checkAccounting(t, o)
+
+	failing.Store(false)
+	seqs, errs = run()
+	if fmt.Sprint(seqs) != "[6 7 8 0]" || errs[0] != nil || errs[1] != nil || errs[2] != nil || !errors.Is(errs[3], ErrQuotaExceeded) {
+		t.Fatalf("the group retried: seqs %v, errors %v", seqs, errs)
+	}
+	if got := fmt.Sprint(heldSeqs(t, o)); got != "[4 5 6 7 8]" {
+		t.Fatalf("held after the retried group: %s", got)
+	}
+	st := o.Stats()
+	if st.DroppedOldest != 3 || classStats(st, 2).DroppedOldest != 3 || st.Rejected != 1 || classStats(st, 0).Rejected != 1 {
+		t.Fatalf("stats after the retried group: %+v", st)
+	}
+	checkAccounting(t, o)
 }

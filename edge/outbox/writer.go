@@ -370,6 +370,11 @@ func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 			return g, err
 		}
 	}
+	if h := o.opts.hooks; h != nil && h.beforeCommit != nil {
+		if err := h.beforeCommit(); err != nil {
+			return g, err
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return g, fmt.Errorf("commit: %w", err)
 	}
