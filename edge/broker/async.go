@@ -138,8 +138,8 @@ func (b *Broker) complete(s *session, e *entry, code packets.Code) {
 	}
 }
 
-// drain writes the acknowledgements of the finished entries at the head of
-// the queue in one socket write, delivers them locally, removes them, and
+// drain delivers the finished entries at the head of the queue locally,
+// writes their acknowledgements in one socket write, removes them, and
 // repeats until the head is unfinished.
 func (b *Broker) drain(s *session) {
 	defer b.work.Done()
@@ -160,12 +160,14 @@ func (b *Broker) drain(s *session) {
 		s.unacked -= n // counted as acknowledged before the client can see the PUBACK
 		s.mu.Unlock()
 
-		b.writeAcks(s, batch)
+		// Deliver first, as mochi does: once a client holds the PUBACK, a
+		// retained message is in place and subscribers have it queued.
 		for _, e := range batch {
 			if e.code == packets.CodeSuccess {
 				b.deliver(s.cl.ID, e.pk)
 			}
 		}
+		b.writeAcks(s, batch)
 
 		s.mu.Lock()
 		rest := copy(s.queue, s.queue[n:])

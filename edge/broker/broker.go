@@ -120,8 +120,9 @@ type Broker struct {
 	received, forwarded, committed, commitErrors, rejected atomic.Uint64
 }
 
-// New validates cfg and builds a broker that commits forwarded publishes to
-// ob. logger nil discards logs. Nothing listens until Start.
+// New validates cfg, loads the credentials file if one is configured, and
+// builds a broker that commits forwarded publishes to ob. logger nil
+// discards logs. Nothing listens until Start.
 func New(cfg Config, ob Outbox, logger *slog.Logger) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -133,13 +134,21 @@ func New(cfg Config, ob Outbox, logger *slog.Logger) (*Broker, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
+	var auth Authorizer = AllowAll{}
+	if cfg.Auth.CredentialsFile != "" {
+		c, err := LoadCredentials(cfg.Auth.CredentialsFile)
+		if err != nil {
+			return nil, fmt.Errorf("auth.credentials_file: %w", err)
+		}
+		auth = c
+	}
 	return &Broker{
 		cfg:      cfg,
 		ob:       ob,
 		log:      logger,
 		router:   newRouter(cfg.Forwarding),
 		now:      time.Now,
-		auth:     AllowAll{},
+		auth:     auth,
 		closing:  make(chan struct{}),
 		sessions: make(map[*mqtt.Client]*session),
 	}, nil
@@ -157,7 +166,8 @@ func (b *Broker) SetClock(now func() time.Time) error {
 	return nil
 }
 
-// SetAuthorizer replaces AllowAll with a. Call before Start.
+// SetAuthorizer replaces the Authorizer chosen by Config.Auth with a. Call
+// before Start.
 func (b *Broker) SetAuthorizer(a Authorizer) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -356,7 +356,7 @@ func TestMQTT5MessageAndDelivery(t *testing.T) {
 
 			other, _ := dialRaw(t, b.Addr().TCP, "other", 5, packets.Properties{})
 			other.subscribe(1, packets.Subscription{Filter: "sensors/#", Qos: 1})
-			dev, connack := dialRawUser(t, b.Addr().TCP, "dev", "alice", 5, packets.Properties{})
+			dev, connack := dialRawUser(t, b.Addr().TCP, "dev", "alice", "", 5, packets.Properties{})
 			if connack.Properties.MaximumPacketSize != DefaultMaxPayloadBytes+packetOverhead {
 				t.Errorf("CONNACK maximum packet size %d", connack.Properties.MaximumPacketSize)
 			}
@@ -499,6 +499,38 @@ func TestOversizePayload(t *testing.T) {
 			}
 			records, _ := ob.snapshot()
 			if len(records) != 1 || string(records[0].Payload) != "12345678" {
+				t.Fatalf("records %+v", records)
+			}
+		})
+	}
+}
+
+// TestRetained: once the publisher holds the PUBACK of a retained message, a
+// new subscriber gets it; the outbox records the retain flag.
+func TestRetained(t *testing.T) {
+	for _, mode := range ackModes {
+		t.Run(string(mode), func(t *testing.T) {
+			ob := newFakeOutbox(t)
+			b := startBroker(t, Config{AckMode: mode}, ob)
+			pub := pahoClient(t, tcpURL(b), "dev")
+			if err := waitToken(t, pub.Publish("sensors/state", 1, true, "on")); err != nil {
+				t.Fatal(err)
+			}
+			got := make(chan paho.Message, 1)
+			sub := pahoClient(t, tcpURL(b), "late-sub")
+			if err := waitToken(t, sub.Subscribe("sensors/#", 1, func(_ paho.Client, m paho.Message) { got <- m })); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case m := <-got:
+				if string(m.Payload()) != "on" || !m.Retained() {
+					t.Fatalf("got %q retained=%v", m.Payload(), m.Retained())
+				}
+			case <-time.After(safetyTimeout):
+				t.Fatal("retained message not delivered")
+			}
+			records, _ := ob.snapshot()
+			if len(records) != 1 || !records[0].Retain {
 				t.Fatalf("records %+v", records)
 			}
 		})

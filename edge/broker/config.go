@@ -24,6 +24,16 @@ type Config struct {
 	// AckMode chooses how a QoS 1 PUBACK waits for the outbox commit; see
 	// AckMode. "" means AckAsync.
 	AckMode AckMode `yaml:"ack_mode"`
+	// Auth chooses who may connect and which topics they may use.
+	Auth Auth `yaml:"auth"`
+}
+
+// Auth configures device authentication and authorisation.
+type Auth struct {
+	// CredentialsFile is a YAML CredentialsFile (bcrypt passwords, ACLs with
+	// %c/%u), read by New. "" (the zero value): every device may connect and
+	// use every topic (AllowAll), unless Broker.SetAuthorizer says otherwise.
+	CredentialsFile string `yaml:"credentials_file"`
 }
 
 // AckMode is how the broker ties a QoS 1 PUBACK to the outbox commit. In both

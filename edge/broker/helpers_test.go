@@ -315,10 +315,10 @@ type rawClient struct {
 
 func dialRaw(t *testing.T, addr net.Addr, id string, version byte, props packets.Properties) (*rawClient, packets.Packet) {
 	t.Helper()
-	return dialRawUser(t, addr, id, "", version, props)
+	return dialRawUser(t, addr, id, "", "", version, props)
 }
 
-func dialRawUser(t *testing.T, addr net.Addr, id, user string, version byte, props packets.Properties) (*rawClient, packets.Packet) {
+func dialRawUser(t *testing.T, addr net.Addr, id, user, password string, version byte, props packets.Properties) (*rawClient, packets.Packet) {
 	t.Helper()
 	conn, err := net.Dial("tcp", addr.String())
 	if err != nil {
@@ -337,6 +337,8 @@ func dialRawUser(t *testing.T, addr net.Addr, id, user string, version byte, pro
 			Keepalive:        60,
 			Username:         []byte(user),
 			UsernameFlag:     user != "",
+			Password:         []byte(password),
+			PasswordFlag:     password != "",
 		},
 		Properties: props,
 	})
