@@ -13,10 +13,11 @@
 // path, /work/shared/notes/edge-durable-ack.md). AckAsync instead queues the
 // message to the outbox and returns packets.ErrRejectPacket, which makes
 // mochi skip its own acknowledgement and delivery; when the group commit
-// reports back, this package writes the client's PUBACKs in the order the
-// publishes arrived, coalesced into one socket write per client per batch,
-// and then delivers the messages to local subscribers. That path has to redo
-// what mochi would have done:
+// reports back, this package delivers the messages to local subscribers (so
+// a retained message is in place once its PUBACK is out, as with mochi) and
+// writes the client's PUBACKs in the order the publishes arrived, coalesced
+// into one socket write per client per batch. BenchmarkDurableAck measures
+// both modes. The asynchronous path has to redo what mochi would have done:
 //   - PUBACK order per client: a per-client FIFO (session) releases entries
 //     only from its head, whatever order commits report in. A QoS 1 publish
 //     that is not forwarded joins the FIFO too when it is not empty.
@@ -32,6 +33,9 @@
 //
 // QoS 2 keeps mochi's PUBREC/PUBREL state machine, so it always takes the
 // blocking path; QoS 0 is appended without waiting and delivered at once.
+// Will messages on forwarded topics are appended when mochi sends them.
+// Publishes from mochi's inline client (the gateway's own) are never
+// forwarded.
 //
 // Known gaps: a client disconnected because its message could not be
 // committed (MQTT 3.1.1 has no negative PUBACK) does not have its will
@@ -68,7 +72,7 @@ type Outbox interface {
 // Stats are counters since New. All fields are cumulative except Clients.
 type Stats struct {
 	Clients      int64  // clients connected now
-	Received     uint64 // publishes from clients that reached the broker's hook
+	Received     uint64 // client publishes that reached the broker's hook, and forwarded wills
 	Forwarded    uint64 // publishes handed to the outbox
 	Committed    uint64 // forwarded publishes the outbox committed
 	CommitErrors uint64 // forwarded publishes the outbox failed to commit
@@ -113,6 +117,9 @@ type Broker struct {
 
 	closing chan struct{}  // closed when Close begins
 	work    sync.WaitGroup // outstanding appends, queued entries and drains
+
+	willMu  sync.Mutex
+	noWills bool // set once Close no longer accepts will messages
 
 	sessMu   sync.RWMutex
 	sessions map[*mqtt.Client]*session
@@ -312,7 +319,10 @@ func (b *Broker) Close() error {
 	if !started {
 		return nil
 	}
-	err := b.srv.Close()
+	err := b.srv.Close() // returns after every client's read goroutine, and so every will, is done
+	b.willMu.Lock()
+	b.noWills = true // a delayed will from mochi's event loop must not Add after Wait began
+	b.willMu.Unlock()
 	b.work.Wait()
 	return err
 }

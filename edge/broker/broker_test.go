@@ -1,8 +1,10 @@
 package broker
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -534,5 +536,32 @@ func TestRetained(t *testing.T) {
 				t.Fatalf("records %+v", records)
 			}
 		})
+	}
+}
+
+// TestWillForwarded: a will message on a forwarded topic reaches the outbox
+// when its client drops without DISCONNECT.
+func TestWillForwarded(t *testing.T) {
+	ob := newFakeOutbox(t)
+	b := startBroker(t, Config{}, ob)
+	c := &rawClient{t: t, version: 4}
+	conn, err := net.Dial("tcp", b.Addr().TCP.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.conn, c.r = conn, bufio.NewReader(conn)
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Connect},
+		Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "dev", Keepalive: 60,
+			WillFlag: true, WillTopic: "sensors/dev/status", WillPayload: []byte("offline"), WillQos: 1,
+		},
+	})
+	c.mustRead(packets.Connack)
+	conn.Close() // no DISCONNECT: the will is due
+	ob.waitFor(t, "the will", func(o *fakeOutbox) bool { return len(o.records) == 1 })
+	records, _ := ob.snapshot()
+	if r := records[0]; r.Topic != "sensors/dev/status" || string(r.Payload) != "offline" || r.ClientID != "dev" || r.QoS != 1 {
+		t.Fatalf("record %+v", r)
 	}
 }

@@ -24,7 +24,30 @@ var _ mqtt.Hook = (*hook)(nil)
 func (h *hook) ID() string { return "tributary-outbox" }
 
 func (h *hook) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnDisconnect || b == mqtt.OnPacketEncode
+	return b == mqtt.OnPublish || b == mqtt.OnDisconnect || b == mqtt.OnPacketEncode || b == mqtt.OnWillSent
+}
+
+// OnWillSent forwards a will message that mochi has just published to
+// local subscribers, if the rules forward its topic. Nobody waits for its
+// commit: there is no client left to acknowledge.
+func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	b := h.b
+	route := b.router.route(pk.TopicName)
+	if !route.Forward {
+		return
+	}
+	b.willMu.Lock()
+	defer b.willMu.Unlock()
+	if b.noWills {
+		return // Close is waiting for the last appends; a delayed will came too late
+	}
+	b.received.Add(1)
+	b.forwarded.Add(1)
+	b.work.Add(1)
+	b.ob.Append(b.message(cl, &pk, route), func(_ uint64, err error) {
+		b.countCommit(err)
+		b.work.Done()
+	})
 }
 
 // OnPacketEncode advertises the Maximum Packet Size in a successful CONNACK
