@@ -33,11 +33,18 @@ type deadlineConn struct {
 	timeout time.Duration
 }
 
+// Write writes p within the timeout. A failed write may have sent part of a
+// packet, after which the stream cannot be trusted: the connection is
+// closed, so the client reconnects instead of reading garbage.
 func (c *deadlineConn) Write(p []byte) (int, error) {
 	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if err != nil {
+		_ = c.Conn.Close()
+	}
+	return n, err
 }
 
 func (c *deadlineConn) SetDeadline(t time.Time) error { return c.Conn.SetReadDeadline(t) }
@@ -205,6 +212,7 @@ func (w *wsConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	if err := w.c.WriteMessage(websocket.BinaryMessage, p); err != nil {
+		_ = w.c.Close() // as deadlineConn: a failed write ends the connection
 		return 0, err
 	}
 	return len(p), nil

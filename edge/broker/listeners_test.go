@@ -8,6 +8,8 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"errors"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -182,5 +184,35 @@ func TestStartErrors(t *testing.T) {
 	b2.Close()
 	if _, err := New(Config{AckMode: "eventually"}, ob, nil); err == nil {
 		t.Fatal("New accepted an invalid config")
+	}
+}
+
+// TestDeadlineConn: every write has its own deadline and a timed-out
+// connection is closed; mochi's keepalive SetDeadline reaches only the read
+// side.
+func TestDeadlineConn(t *testing.T) {
+	a, peer := net.Pipe() // unbuffered: a write blocks until the peer reads
+	defer peer.Close()
+	c := &deadlineConn{Conn: a, timeout: 20 * time.Millisecond}
+	if _, err := c.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("write to a peer that never reads: %v, want deadline exceeded", err)
+	}
+	if _, err := peer.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("peer read after the timeout: %v, want EOF (connection closed)", err)
+	}
+
+	a, peer = net.Pipe()
+	defer a.Close()
+	defer peer.Close()
+	c = &deadlineConn{Conn: a, timeout: safetyTimeout}
+	if err := c.SetDeadline(time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read after SetDeadline in the past: %v", err)
+	}
+	go func() { _, _ = io.ReadFull(peer, make([]byte, 3)) }()
+	if _, err := c.Write([]byte("abc")); err != nil {
+		t.Fatalf("write after SetDeadline in the past: %v (the read deadline leaked to writes)", err)
 	}
 }
