@@ -2,6 +2,8 @@ package broker
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -96,4 +98,23 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("parsed config fails Validate: %v", err)
 		}
 	})
+}
+
+// TestExampleConfig keeps testdata/broker.yaml, the documented example of
+// every key, parseable and equal to the defaults it claims.
+func TestExampleConfig(t *testing.T) {
+	data, err := os.ReadFile("testdata/broker.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := c.withDefaults()
+	got.Forwarding = nil
+	want := Config{}.withDefaults()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("example differs from the defaults:\n got %+v\nwant %+v", got, want)
+	}
 }
