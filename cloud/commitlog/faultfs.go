@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"errors"
+	"io"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -287,6 +288,18 @@ func (f *FaultFS) Rename(oldpath, newpath string) error {
 	}
 	return nil
 }
+
+// Lock implements Locker if the inner FS does (and does nothing if not).
+func (f *FaultFS) Lock(path string) (io.Closer, error) {
+	if lk, ok := f.inner.(Locker); ok {
+		return lk.Lock(path)
+	}
+	return nopLock{}, nil
+}
+
+type nopLock struct{}
+
+func (nopLock) Close() error { return nil }
 
 func (f *FaultFS) ReadDir(name string) ([]fs.DirEntry, error) {
 	if f.isDown() {

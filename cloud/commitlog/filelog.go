@@ -2,6 +2,7 @@ package commitlog
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -67,6 +68,7 @@ type FileLog struct {
 	opts Options
 	fs   FS
 	log  *slog.Logger
+	lock io.Closer // nil if the FS cannot lock
 
 	q               queue
 	w               writer // owned by the writer goroutine after Open
@@ -179,7 +181,8 @@ func (l *FileLog) Read(from uint64, maxRecords, maxBytes int) ([]Record, error) 
 			return out, nil
 		}
 		full := false
-		err = l.scan(h.seg, h.pos, h.limit, func(m *recordMeta, _ int64) bool {
+		keep := func(body []byte) bool { return bodyOffset(body) >= cur }
+		err = l.scan(h.seg, h.pos, h.limit, 0, keep, func(m *recordMeta, _ int64) bool {
 			if m.offset < cur {
 				return true
 			}
@@ -255,7 +258,8 @@ func (l *FileLog) ReadTopic(topic string, from uint64, max int) ([]Record, error
 		for i < j {
 			reseek := false
 			var ferr error
-			err := l.scan(s, seeks[i-first], limit, func(m *recordMeta, pos int64) bool {
+			keep := func(body []byte) bool { return bodyOffset(body) >= offs[i] }
+			err := l.scan(s, seeks[i-first], limit, seekChunk(l.opts.IndexIntervalBytes), keep, func(m *recordMeta, pos int64) bool {
 				if m.offset < offs[i] {
 					return true
 				}
@@ -319,7 +323,8 @@ func (l *FileLog) OffsetForTime(t time.Time) (uint64, error) {
 			return h.end, nil
 		}
 		found, ok := uint64(0), false
-		err = l.scan(h.seg, pos, h.limit, func(m *recordMeta, _ int64) bool {
+		keep := func(body []byte) bool { return bodyNanos(body) >= nanos || bodyOffset(body) >= h.end }
+		err = l.scan(h.seg, pos, h.limit, seekChunk(l.opts.IndexIntervalBytes), keep, func(m *recordMeta, _ int64) bool {
 			if m.offset >= h.end {
 				return false
 			}
@@ -437,6 +442,11 @@ func (l *FileLog) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	if l.lock != nil {
+		if err := l.lock.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("commitlog: close: %w", err)
 	}
@@ -496,10 +506,16 @@ func (l *FileLog) release(s *segment) {
 }
 
 // scan calls fn with each record of s in [pos, limit) until fn returns
-// false. The record's byte slices are valid only during the call.
-func (l *FileLog) scan(s *segment, pos, limit int64, fn func(m *recordMeta, pos int64) bool) error {
+// false. If keep is set, it is shown each frame's body first, unverified:
+// the frames it rejects are skipped without checksum verification (they
+// are not returned, so need none; a damaged length shows up as a bad
+// checksum of the next frame kept). The record's byte slices are valid only
+// during the call. chunk > 0 makes the first read that small (see
+// frameReader.chunk).
+func (l *FileLog) scan(s *segment, pos, limit int64, chunk int, keep func(body []byte) bool, fn func(m *recordMeta, pos int64) bool) error {
 	bp := readBufPool.Get().(*[]byte)
 	fr := newFrameReader(s.f, pos, limit, *bp)
+	fr.chunk = chunk
 	defer func() {
 		if cap(fr.buf) <= 1<<20 {
 			*bp = fr.buf[:cap(fr.buf)]
@@ -507,11 +523,18 @@ func (l *FileLog) scan(s *segment, pos, limit int64, fn func(m *recordMeta, pos 
 		readBufPool.Put(bp)
 	}()
 	for {
-		body, start, err := fr.next()
+		frame, start, err := fr.nextFrame()
 		if err == io.EOF {
 			return nil
 		}
 		if err != nil {
+			return segmentError(s.path, start, err)
+		}
+		body := frame[frameHeaderLen:]
+		if keep != nil && body[0] == recordVersion && !keep(body) {
+			continue
+		}
+		if err := verifyFrame(frame); err != nil {
 			return segmentError(s.path, start, err)
 		}
 		m, err := parseBody(body)
@@ -523,6 +546,15 @@ func (l *FileLog) scan(s *segment, pos, limit int64, fn func(m *recordMeta, pos 
 		}
 	}
 }
+
+// bodyOffset and bodyNanos read a body's offset and time without parsing
+// it (the body is at least minBodyLen long).
+func bodyOffset(body []byte) uint64 { return binary.LittleEndian.Uint64(body[1:]) }
+func bodyNanos(body []byte) int64   { return int64(binary.LittleEndian.Uint64(body[9:])) }
+
+// seekChunk is the first read of a scan that looks for one record near an
+// index entry.
+func seekChunk(interval int) int { return interval + 4<<10 }
 
 // segmentError wraps a frame error in ErrCorrupt with its place, and an I/O
 // error with its place only.

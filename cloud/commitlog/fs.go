@@ -1,6 +1,7 @@
 package commitlog
 
 import (
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -32,10 +33,26 @@ type File interface {
 	Stat() (fs.FileInfo, error)
 }
 
+// Locker is implemented by file systems that can lock a directory against
+// a second FileLog (OSFS, with flock; FaultFS, if its inner FS can). Open
+// takes the lock when Options.FS implements it and holds it until Close.
+type Locker interface {
+	// Lock locks path exclusively or fails with an error wrapping
+	// ErrLocked if it is locked already.
+	Lock(path string) (io.Closer, error)
+}
+
+// ErrLocked is returned by Open when another FileLog (in this or another
+// process) has the directory open.
+var ErrLocked = errors.New("commitlog: directory in use by another log")
+
 // OSFS is the FS of the operating system.
 type OSFS struct{}
 
-var _ FS = OSFS{}
+var (
+	_ FS     = OSFS{}
+	_ Locker = OSFS{}
+)
 
 func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	f, err := os.OpenFile(name, flag, perm)

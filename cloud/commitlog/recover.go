@@ -31,8 +31,8 @@ import (
 // good ones is reported, and a single damaged record at the very end is
 // treated as torn, which is the most it can be told apart from one.
 //
-// Open keeps the files open; Close releases them. Only one FileLog may use
-// a directory at a time (Open does not lock it).
+// Open keeps the files open and the directory locked (see Locker); Close
+// releases them. A second Open of the directory fails with ErrLocked.
 func Open(dir string, opts Options) (*FileLog, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
@@ -56,6 +56,9 @@ func Open(dir string, opts Options) (*FileLog, error) {
 		for _, s := range l.segments {
 			_ = s.f.Close()
 		}
+		if l.lock != nil {
+			_ = l.lock.Close()
+		}
 		return nil, err
 	}
 	l.log.Info("commitlog: opened", "dir", dir, "segments", len(l.segments),
@@ -66,9 +69,19 @@ func Open(dir string, opts Options) (*FileLog, error) {
 	return l, nil
 }
 
+// lockName is the lock file in a log's directory.
+const lockName = "LOCK"
+
 func (l *FileLog) recover() error {
 	if err := l.fs.MkdirAll(l.dir, 0o755); err != nil {
 		return fmt.Errorf("commitlog: open: %w", err)
+	}
+	if lk, ok := l.fs.(Locker); ok {
+		lock, err := lk.Lock(filepath.Join(l.dir, lockName))
+		if err != nil {
+			return err
+		}
+		l.lock = lock
 	}
 	entries, err := l.fs.ReadDir(l.dir)
 	if err != nil {
@@ -291,33 +304,4 @@ func isZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func (l *FileLog) retentionLoop() {
-	defer close(l.tickerDone)
-	if l.opts.RetentionAge == 0 && l.opts.RetentionBytes == 0 {
-		return
-	}
-	t := time.NewTicker(l.opts.RetentionInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-l.stopTicker:
-			return
-		case <-t.C:
-			if !l.retentionQueued.CompareAndSwap(false, true) {
-				continue // the last one has not run yet
-			}
-			req := &request{ctl: func() error {
-				l.retentionQueued.Store(false)
-				return l.w.enforceRetention()
-			}}
-			req.done = func(_ AppendResult, err error) {
-				if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrFailed) {
-					l.log.Warn("commitlog: retention failed", "err", err)
-				}
-			}
-			l.q.push(req)
-		}
-	}
 }

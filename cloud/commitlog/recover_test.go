@@ -357,3 +357,22 @@ func TestTooLarge(t *testing.T) {
 		t.Fatal("a time Unix nanoseconds cannot hold was accepted")
 	}
 }
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	l := openFile(t, dir, Options{})
+	if l2, err := Open(dir, Options{}); !errors.Is(err, ErrLocked) {
+		if err == nil {
+			l2.Close()
+		}
+		t.Fatalf("second Open of a directory in use: %v, want ErrLocked", err)
+	}
+	mustAppend(t, l, rec("t", "p", 1))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openFile(t, dir, Options{})
+	if l.NextOffset() != 1 {
+		t.Fatalf("after reopen: next offset %d", l.NextOffset())
+	}
+}

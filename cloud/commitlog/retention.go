@@ -1,6 +1,9 @@
 package commitlog
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // enforceRetention deletes whole segments from the front of the log while
 // the oldest is older than RetentionAge or the log is larger than
@@ -63,4 +66,35 @@ func (w *writer) enforceRetention() error {
 		l.mu.Unlock()
 	}
 	return nil
+}
+
+// retentionLoop queues a retention pass every RetentionInterval until
+// Close.
+func (l *FileLog) retentionLoop() {
+	defer close(l.tickerDone)
+	if l.opts.RetentionAge == 0 && l.opts.RetentionBytes == 0 {
+		return
+	}
+	t := time.NewTicker(l.opts.RetentionInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stopTicker:
+			return
+		case <-t.C:
+			if !l.retentionQueued.CompareAndSwap(false, true) {
+				continue // the last one has not run yet
+			}
+			req := &request{ctl: func() error {
+				l.retentionQueued.Store(false)
+				return l.w.enforceRetention()
+			}}
+			req.done = func(_ AppendResult, err error) {
+				if err != nil && !errors.Is(err, ErrClosed) && !errors.Is(err, ErrFailed) {
+					l.log.Warn("commitlog: retention failed", "err", err)
+				}
+			}
+			l.q.push(req)
+		}
+	}
 }

@@ -148,7 +148,7 @@ func TestReaderKeepsDeletedSegment(t *testing.T) {
 		t.Fatalf("Read(0) after retention: %v", err)
 	}
 	n := 0
-	err = l.scan(h.seg, h.pos, h.limit, func(m *recordMeta, _ int64) bool {
+	err = l.scan(h.seg, h.pos, h.limit, 0, nil, func(m *recordMeta, _ int64) bool {
 		if m.offset != uint64(n) || m.producerSeq != uint64(n+1) {
 			t.Errorf("record %d: offset %d seq %d", n, m.offset, m.producerSeq)
 		}

@@ -92,13 +92,17 @@ func (x *indexer) want(pos int64) bool {
 var readBufPool = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // frameReader reads the frames of one file region [pos, limit) through a
-// buffer, verifying each checksum.
+// buffer.
 type frameReader struct {
 	f     File
 	limit int64
 	buf   []byte
 	r, w  int   // unread data is buf[r:w]
 	pos   int64 // file position of buf[r]
+	// chunk, if set, is how much the next fill reads (doubling after each
+	// fill up to the buffer): a read that seeks to one record near an index
+	// entry does not need a whole buffer.
+	chunk int
 }
 
 func newFrameReader(f File, pos, limit int64, buf []byte) *frameReader {
@@ -124,6 +128,10 @@ func (fr *frameReader) fill(n int) (bool, error) {
 	fr.w -= fr.r
 	fr.r = 0
 	want := min(int64(len(fr.buf)-fr.w), fr.limit-fr.pos-int64(fr.w))
+	if fr.chunk > 0 {
+		want = min(want, int64(max(n-fr.w, fr.chunk)))
+		fr.chunk *= 2
+	}
 	got, err := fr.f.ReadAt(fr.buf[fr.w:fr.w+int(want)], fr.pos+int64(fr.w))
 	fr.w += got
 	if fr.w >= n {
@@ -135,11 +143,11 @@ func (fr *frameReader) fill(n int) (bool, error) {
 	return false, err
 }
 
-// next returns the body of the next frame (valid until the next call) and
-// the position of the frame. It returns io.EOF at the end of the region,
-// errShortFrame, errBadLength or errChecksum for a bad frame (the reader
-// then stays at that frame), or an I/O error.
-func (fr *frameReader) next() (body []byte, start int64, err error) {
+// nextFrame returns the next frame, header included (valid until the next
+// call), and its position, without verifying its checksum. It returns
+// io.EOF at the end of the region, errShortFrame or errBadLength for a bad
+// frame (the reader then stays at that frame), or an I/O error.
+func (fr *frameReader) nextFrame() (frame []byte, start int64, err error) {
 	if fr.pos >= fr.limit {
 		return nil, fr.pos, io.EOF
 	}
@@ -159,15 +167,32 @@ func (fr *frameReader) next() (body []byte, start int64, err error) {
 	} else if !ok {
 		return nil, fr.pos, errShortFrame
 	}
-	frame := fr.buf[fr.r : fr.r+frameHeaderLen+n]
-	body = frame[frameHeaderLen:]
-	if crc32.Checksum(body, crcTable) != leUint32(frame[4:]) {
-		return nil, fr.pos, errChecksum
-	}
+	frame = fr.buf[fr.r : fr.r+frameHeaderLen+n]
 	start = fr.pos
 	fr.r += len(frame)
 	fr.pos += int64(len(frame))
-	return body, start, nil
+	return frame, start, nil
+}
+
+// next is nextFrame with the checksum verified; it returns the body. On a
+// checksum mismatch (errChecksum) the reader has moved past the frame.
+func (fr *frameReader) next() (body []byte, start int64, err error) {
+	frame, start, err := fr.nextFrame()
+	if err != nil {
+		return nil, start, err
+	}
+	if err := verifyFrame(frame); err != nil {
+		return nil, start, err
+	}
+	return frame[frameHeaderLen:], start, nil
+}
+
+// verifyFrame checks the checksum of a whole frame.
+func verifyFrame(frame []byte) error {
+	if crc32.Checksum(frame[frameHeaderLen:], crcTable) != leUint32(frame[4:]) {
+		return errChecksum
+	}
+	return nil
 }
 
 func leUint32(b []byte) uint32 {
