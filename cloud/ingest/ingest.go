@@ -11,6 +11,7 @@ import (
 	"github.com/tributary-io/tributary/cloud/commitlog"
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
 	"github.com/tributary-io/tributary/sync/link"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // Sink appends gateway records to a Log. Each record becomes one log record
@@ -26,14 +27,22 @@ var _ link.Sink = (*Sink)(nil)
 // HighWaterMark implements link.Sink.
 func (s *Sink) HighWaterMark(gateway string) uint64 { return s.Log.HighWaterMark(gateway) }
 
-// AppendAsync implements link.Sink.
-func (s *Sink) AppendAsync(gateway string, recs []*syncv1.Record, done func(error)) {
-	out, err := Convert(gateway, recs)
-	if err != nil {
-		done(err)
-		return
+// AppendAsync implements link.Sink. The events go into the log as the
+// gateway encoded them (wire.DecodeBatchRaw checked them): no decoding and
+// re-encoding on the way.
+func (s *Sink) AppendAsync(gateway string, recs []wire.RawRecord, done func(error)) {
+	s.Log.AppendAsync(ConvertRaw(gateway, recs), func(_ commitlog.AppendResult, err error) { done(err) })
+}
+
+// ConvertRaw maps records as the link decodes them to log records. Values
+// alias the records' event bytes.
+func ConvertRaw(gateway string, recs []wire.RawRecord) []commitlog.Record {
+	out := make([]commitlog.Record, len(recs))
+	for i := range recs {
+		r := &recs[i]
+		out[i] = commitlog.Record{Topic: r.Subject, Producer: gateway, ProducerSeq: r.Seq, Value: r.Event}
 	}
-	s.Log.AppendAsync(out, func(_ commitlog.AppendResult, err error) { done(err) })
+	return out
 }
 
 // Append is the blocking form of AppendAsync, for callers outside the link.
@@ -45,7 +54,7 @@ func (s *Sink) Append(ctx context.Context, gateway string, recs []*syncv1.Record
 	return s.Log.Append(ctx, out)
 }
 
-// Convert maps wire records to log records.
+// Convert maps wire records to log records, encoding each event.
 func Convert(gateway string, recs []*syncv1.Record) ([]commitlog.Record, error) {
 	out := make([]commitlog.Record, len(recs))
 	var opts proto.MarshalOptions

@@ -14,9 +14,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/cloudevents/sdk-go/binding/format/protobuf/v2/pb"
@@ -62,7 +64,7 @@ type syncDrainConfig struct {
 	window, batchRecords      int
 	batchBytes                int
 	timeout                   time.Duration
-	cpuProfile, dir           string
+	cpuProfile, trace, dir    string
 	keep                      bool
 }
 
@@ -79,6 +81,7 @@ func syncDrainFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	fs.IntVar(&c.batchBytes, "batch-bytes", 0, "payload bytes per batch (0: the client's default)")
 	fs.DurationVar(&c.timeout, "timeout", 10*time.Minute, "give up on the drain after this long")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "write a CPU profile of the drain (only) to this file")
+	fs.StringVar(&c.trace, "trace", "", "write an execution trace of the drain (only) to this file")
 	fs.StringVar(&c.dir, "dir", "", "directory for the outbox and the log (default: a new temporary directory)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the directory afterwards")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
@@ -132,12 +135,13 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 	defer ob.Close()
 
 	fmt.Fprintf(progress, "sync-drain: filling the outbox with %d records of %d bytes\n", c.records, c.payload)
-	fillStart := time.Now()
+	fillStart, fillCPU := time.Now(), processCPU()
 	sums, err := fillOutbox(ctx, ob, c)
 	if err != nil {
 		return nil, err
 	}
 	fill := time.Since(fillStart)
+	res["fill_cpu_us_per_msg"] = roundTo((processCPU()-fillCPU).Seconds()*1e6/float64(c.records), 2)
 	st := ob.Stats()
 	res["fill_s"] = roundTo(fill.Seconds(), 3)
 	res["fill_msgs_per_s"] = roundTo(float64(c.records)/fill.Seconds(), 0)
@@ -182,16 +186,31 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 			return nil, err
 		}
 	}
+	if c.trace != "" {
+		f, err := os.Create(c.trace)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := trace.Start(f); err != nil {
+			return nil, err
+		}
+	}
 	var gcBefore runtime.MemStats
 	runtime.ReadMemStats(&gcBefore)
 	fmt.Fprintln(progress, "sync-drain: draining")
 	cctx, cancel := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
+	drainCPU := processCPU()
 	drainStart := time.Now()
 	go func() { runErr <- client.Run(cctx) }()
 	drain, err := waitDrained(ctx, progress, client, ob, lastSeq, drainStart, c.timeout)
+	drainCPU = processCPU() - drainCPU
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
+	}
+	if c.trace != "" {
+		trace.Stop()
 	}
 	cancel()
 	if rerr := <-runErr; rerr != nil && err == nil {
@@ -208,6 +227,12 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 	res["drain_s"] = roundTo(secs, 3)
 	res["msgs_per_s"] = roundTo(float64(c.records)/secs, 0)
 	res["payload_mb_per_s"] = roundTo(float64(c.records)*float64(c.payload)/secs/1e6, 2)
+	// CPU per message counts both sides (this process runs both): on a
+	// shared, loaded machine it is steadier than the rate, and on N cores
+	// it bounds the rate at N/cpu_us_per_msg million messages per second.
+	res["drain_cpu_s"] = roundTo(drainCPU.Seconds(), 3)
+	res["cpu_us_per_msg"] = roundTo(drainCPU.Seconds()*1e6/float64(c.records), 2)
+	res["cores_busy"] = roundTo(drainCPU.Seconds()/secs, 2)
 	res["batches"] = cs.BatchesSent
 	res["wire_bytes"] = cs.BytesSent
 	res["wire_mb_per_s"] = roundTo(float64(cs.BytesSent)/secs/1e6, 2)
@@ -518,6 +543,15 @@ func rawQUIC(ctx context.Context, serverTLS, clientTLS *tls.Config, total int64)
 		return 0, fmt.Errorf("received %d of %d bytes", r.n, total)
 	}
 	return float64(total) / r.end.Sub(start).Seconds() / 1e6, nil
+}
+
+// processCPU is the user and system CPU time this process used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func roundTo(v float64, places int) float64 {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"google.golang.org/protobuf/proto"
 
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
 	"github.com/tributary-io/tributary/sync/flow"
@@ -199,7 +198,8 @@ type Client struct {
 	rawBytes                                          atomic.Uint64
 	sessions, reconnects                              atomic.Uint64
 	throttled                                         atomic.Int64
-	bucket                                            flow.TokenBucket // owned by Run\'s goroutine
+	bucket                                            flow.TokenBucket // owned by Run's goroutine
+	acker                                             *sourceAcker     // set by Run
 	lastErr                                           atomic.Pointer[string]
 }
 
@@ -255,6 +255,8 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	defer c.runMu.Unlock()
 	defer c.setState(Disconnected, nil)
+	c.acker = newSourceAcker(c.src, &c.ackedSeq)
+	defer c.acker.close()
 	for {
 		err := c.session(ctx)
 		if ctx.Err() != nil {
@@ -277,19 +279,6 @@ func (c *Client) Run(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-}
-
-// ackSource tells the source that everything up to seq is durable, if that
-// is news.
-func (c *Client) ackSource(seq uint64) error {
-	if seq <= c.ackedSeq.Load() {
-		return nil
-	}
-	if err := c.src.Ack(seq); err != nil {
-		return fmt.Errorf("source ack %d: %w", seq, err)
-	}
-	c.ackedSeq.Store(seq)
-	return nil
 }
 
 // session runs one connection: dial, Hello/Welcome, then the send loop. It
@@ -324,15 +313,13 @@ func (c *Client) session(ctx context.Context) (err error) {
 	dcancel()
 
 	hwm := welcome.GetHighWaterMark()
-	if acked := c.ackedSeq.Load(); hwm < acked {
+	if acked := c.acker.posted(); hwm < acked {
 		// The cloud holds less than it acknowledged before (a restored
 		// log?). What the source deleted is gone; resume after it.
 		c.log.Error("cloud high-water mark below an earlier ack", "high_water_mark", hwm, "acked", acked)
 		hwm = acked
 	}
-	if err := c.ackSource(hwm); err != nil {
-		return err
-	}
+	c.acker.post(hwm)
 	window := c.cfg.Window
 	if w := int(welcome.GetWindow()); w > 0 {
 		window = min(window, w)
@@ -382,244 +369,4 @@ func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
 		return nil, fmt.Errorf("%w: Welcome with version %d", ErrProtocol, w.GetProtocolVersion())
 	}
 	return w, nil
-}
-
-// sendLoop is one session's pipeline. Its run goroutine reads the source,
-// writes batches and applies acks; a reader goroutine reads the cloud's
-// frames and coalesces acks (they are cumulative) so that it never blocks.
-type sendLoop struct {
-	c        *Client
-	str      *quic.Stream
-	win      *flow.Window
-	maxFrame int
-
-	mu      sync.Mutex
-	lastAck uint64
-	ackCh   chan struct{} // cap 1: lastAck changed
-	errCh   chan error    // cap 1: the reader's final error
-}
-
-func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
-	sl.ackCh = make(chan struct{}, 1)
-	sl.errCh = make(chan error, 1)
-	sl.lastAck = sl.win.Acked()
-	var readerDone sync.WaitGroup
-	readerDone.Add(1)
-	go func() {
-		defer readerDone.Done()
-		sl.errCh <- sl.readLoop()
-	}()
-	// Closing the connection stops the reader; waiting keeps it from
-	// outliving the session. A protocol error of the cloud is reported in
-	// the close.
-	defer func() {
-		code, msg := quic.ApplicationErrorCode(0), ""
-		if errors.Is(err, ErrProtocol) {
-			code, msg = closeCode(syncv1.ErrorCode_ERROR_CODE_PROTOCOL), err.Error()
-		}
-		_ = conn.CloseWithError(code, msg)
-		readerDone.Wait()
-	}()
-
-	waitCh := make(chan error, 1)
-	waiting := false
-	for {
-		if err := sl.fill(ctx); err != nil {
-			return sl.preferPeerError(err)
-		}
-		if sl.win.CanSend() && !waiting {
-			waiting = true
-			after := sl.win.Sent()
-			go func() { waitCh <- sl.c.src.Wait(ctx, after) }()
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-sl.errCh:
-			// Acks that arrived before the end are still good news.
-			if ackErr := sl.applyAck(); ackErr != nil {
-				sl.c.log.Warn("ack before session end not applied", "err", ackErr)
-			}
-			return err
-		case <-sl.ackCh:
-			if err := sl.applyAck(); err != nil {
-				return err
-			}
-		case err := <-waitCh:
-			waiting = false
-			if err != nil && ctx.Err() == nil {
-				return fmt.Errorf("source wait: %w", err)
-			}
-		}
-	}
-}
-
-// preferPeerError returns the cloud's own account of why the session ends
-// when a write failed because the cloud closed it: its Error frame usually
-// arrives just after the stream was reset. It waits at most a second.
-func (sl *sendLoop) preferPeerError(err error) error {
-	var re *RemoteError
-	if !errors.As(err, &re) {
-		return err
-	}
-	t := time.NewTimer(time.Second)
-	defer t.Stop()
-	select {
-	case rerr := <-sl.errCh:
-		if errors.As(rerr, &re) {
-			return rerr
-		}
-	case <-t.C:
-	}
-	return err
-}
-
-// fill sends batches while the window has room and the source has records.
-func (sl *sendLoop) fill(ctx context.Context) error {
-	cfg := &sl.c.cfg
-	for sl.win.CanSend() {
-		recs, err := sl.c.src.Read(sl.win.Sent(), cfg.MaxBatchRecords, cfg.MaxBatchBytes)
-		if err != nil {
-			return fmt.Errorf("source read: %w", err)
-		}
-		if len(recs) == 0 {
-			return nil
-		}
-		if cfg.Linger > 0 && len(recs) < cfg.MaxBatchRecords && payloadSize(recs) < cfg.MaxBatchBytes {
-			if err := sl.pause(ctx, cfg.Linger); err != nil {
-				return err
-			}
-			if recs, err = sl.c.src.Read(sl.win.Sent(), cfg.MaxBatchRecords, cfg.MaxBatchBytes); err != nil {
-				return fmt.Errorf("source read: %w", err)
-			}
-		}
-		if err := sl.send(ctx, recs); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// pause waits d (for more records, or for the bandwidth cap), applying
-// acks meanwhile.
-func (sl *sendLoop) pause(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-sl.errCh:
-			return err
-		case <-sl.ackCh:
-			if err := sl.applyAck(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
-func payloadSize(recs []*syncv1.Record) int {
-	n := 0
-	for _, r := range recs {
-		n += proto.Size(r)
-	}
-	return n
-}
-
-// send writes recs as one or more batches that fit the cloud's frame limit.
-func (sl *sendLoop) send(ctx context.Context, recs []*syncv1.Record) error {
-	for len(recs) > 0 {
-		n := len(recs)
-		var f *syncv1.Frame
-		var raw int
-		for {
-			b, rawLen, err := wire.EncodeBatch(recs[:n], sl.c.cfg.CompressAbove)
-			if err != nil {
-				return fmt.Errorf("source returned records that cannot be sent: %w", err)
-			}
-			f, raw = &syncv1.Frame{Body: &syncv1.Frame_Batch{Batch: b}}, rawLen
-			if size := proto.Size(f) + 4; size <= sl.maxFrame {
-				break
-			}
-			if n == 1 {
-				return fmt.Errorf("%w: seq %d encodes to more than %d bytes", ErrRecordTooLarge, recs[0].GetSeq(), sl.maxFrame)
-			}
-			n /= 2
-		}
-		if !sl.win.CanSend() {
-			// A split batch found the window full: the rest waits its turn.
-			return nil
-		}
-		size := proto.Size(f) + 4
-		if wait := sl.c.bucket.Reserve(sl.c.cfg.Now(), size); wait > 0 {
-			sl.c.throttled.Add(int64(wait))
-			if err := sl.pause(ctx, wait); err != nil {
-				return err
-			}
-		}
-		last := recs[n-1].GetSeq()
-		if err := sl.win.OnSend(last); err != nil {
-			return fmt.Errorf("source records out of order: %w", err)
-		}
-		if err := wire.WriteFrame(sl.str, f); err != nil {
-			return fmt.Errorf("send batch: %w", remoteClose(err))
-		}
-		sl.c.sentSeq.Store(last)
-		sl.c.batchesSent.Add(1)
-		sl.c.recordsSent.Add(uint64(n))
-		sl.c.bytesSent.Add(uint64(size))
-		sl.c.rawBytes.Add(uint64(raw))
-		recs = recs[n:]
-	}
-	return nil
-}
-
-// applyAck applies the latest cumulative ack to the window and the source.
-func (sl *sendLoop) applyAck() error {
-	sl.mu.Lock()
-	ack := sl.lastAck
-	sl.mu.Unlock()
-	released, err := sl.win.OnAck(ack)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrProtocol, err)
-	}
-	sl.c.batchesAcked.Add(uint64(released))
-	return sl.c.ackSource(ack)
-}
-
-// readLoop reads the cloud's frames until the stream or connection ends.
-func (sl *sendLoop) readLoop() error {
-	for {
-		f, err := wire.ReadFrame(sl.str, wire.MaxFrameBytes)
-		if err != nil {
-			if errors.Is(err, wire.ErrMalformed) || errors.Is(err, wire.ErrFrameTooLarge) {
-				return fmt.Errorf("%w: %w", ErrProtocol, err)
-			}
-			return fmt.Errorf("read: %w", remoteClose(err))
-		}
-		switch body := f.GetBody().(type) {
-		case *syncv1.Frame_Ack:
-			sl.mu.Lock()
-			seq := body.Ack.GetAckedSeq()
-			prev := sl.lastAck
-			if seq >= prev {
-				sl.lastAck = seq
-			}
-			sl.mu.Unlock()
-			if seq < prev {
-				return fmt.Errorf("%w: ack %d after %d", ErrProtocol, seq, prev)
-			}
-			select {
-			case sl.ackCh <- struct{}{}:
-			default:
-			}
-		case *syncv1.Frame_Error:
-			return &RemoteError{Code: body.Error.GetCode(), Message: body.Error.GetMessage()}
-		default:
-			return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, frameKind(f))
-		}
-	}
 }

@@ -189,16 +189,10 @@ var _ Sink = (*logSink)(nil)
 
 func (s *logSink) HighWaterMark(gw string) uint64 { return s.log.HighWaterMark(gw) }
 
-func (s *logSink) AppendAsync(gw string, recs []*syncv1.Record, done func(error)) {
+func (s *logSink) AppendAsync(gw string, recs []wire.RawRecord, done func(error)) {
 	out := make([]commitlog.Record, 0, len(recs))
 	for _, r := range recs {
-		v, err := proto.Marshal(r.GetEvent())
-		if err != nil {
-			done(err)
-			return
-		}
-		subject := r.GetEvent().GetAttributes()["subject"].GetCeString()
-		out = append(out, commitlog.Record{Topic: subject, Producer: gw, ProducerSeq: r.GetSeq(), Value: v})
+		out = append(out, commitlog.Record{Topic: r.Subject, Producer: gw, ProducerSeq: r.Seq, Value: r.Event})
 	}
 	s.log.AppendAsync(out, func(res commitlog.AppendResult, err error) {
 		s.mu.Lock()

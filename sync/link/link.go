@@ -8,12 +8,15 @@ import (
 	"context"
 
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // ALPN is the TLS application protocol of sync connections.
 const ALPN = "tributary-sync/1"
 
-// Source is the gateway's outbox as the Client sees it.
+// Source is the gateway's outbox as the Client sees it. The Client calls
+// its methods from several goroutines at once (reading runs ahead of
+// sending, acknowledging beside both); Ack calls never overlap each other.
 type Source interface {
 	// Read returns records with seq > after in ascending seq order, at most
 	// maxRecords and about maxBytes of payload (at least one record if any
@@ -33,6 +36,7 @@ type Sink interface {
 	// AppendAsync appends recs of gateway, dropping those at or below the
 	// gateway's high-water mark, and calls done once they are durable (or
 	// the append failed). Calls from one goroutine are appended in order.
-	// done must not block.
-	AppendAsync(gateway string, recs []*syncv1.Record, done func(error))
+	// done must not block. The records and the bytes they point to belong
+	// to the sink: the server never touches them again.
+	AppendAsync(gateway string, recs []wire.RawRecord, done func(error))
 }

@@ -5,7 +5,7 @@ import (
 	"sync"
 	"testing"
 
-	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // TestEndToEnd drains 10,000 records, half of them published while the link
@@ -76,12 +76,12 @@ type gateSink struct {
 	minHeld   uint64 // lowest first seq of a held append
 }
 
-func (g *gateSink) AppendAsync(gw string, recs []*syncv1.Record, done func(error)) {
+func (g *gateSink) AppendAsync(gw string, recs []wire.RawRecord, done func(error)) {
 	g.mu.Lock()
-	if g.holding && recs[0].GetSeq() > g.holdAbove {
+	if g.holding && recs[0].Seq > g.holdAbove {
 		g.held = append(g.held, func() { g.logSink.AppendAsync(gw, recs, done) })
-		if g.minHeld == 0 || recs[0].GetSeq() < g.minHeld {
-			g.minHeld = recs[0].GetSeq()
+		if g.minHeld == 0 || recs[0].Seq < g.minHeld {
+			g.minHeld = recs[0].Seq
 		}
 		g.mu.Unlock()
 		return

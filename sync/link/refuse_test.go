@@ -300,9 +300,9 @@ type failSink struct {
 	failed  int
 }
 
-func (f *failSink) AppendAsync(gw string, recs []*syncv1.Record, done func(error)) {
+func (f *failSink) AppendAsync(gw string, recs []wire.RawRecord, done func(error)) {
 	f.mu.Lock()
-	fail := f.failed == 0 && recs[0].GetSeq() <= f.failSeq && f.failSeq <= recs[len(recs)-1].GetSeq()
+	fail := f.failed == 0 && recs[0].Seq <= f.failSeq && f.failSeq <= recs[len(recs)-1].Seq
 	if fail {
 		f.failed++
 	}

@@ -548,11 +548,11 @@ func (ss *session) readLoop(after uint64) error {
 		if b == nil {
 			return fmt.Errorf("%w: expected Batch, got %s", ErrProtocol, frameKind(f))
 		}
-		recs, err := wire.DecodeBatch(b, s.cfg.MaxDecodedBytes)
+		recs, err := wire.DecodeBatchRaw(b, s.cfg.MaxDecodedBytes)
 		if err != nil {
 			return err
 		}
-		if first := recs[0].GetSeq(); first <= after {
+		if first := recs[0].Seq; first <= after {
 			return fmt.Errorf("%w: batch starts at seq %d, not above %d", ErrProtocol, first, after)
 		}
 		after = b.GetLastSeq()

@@ -128,32 +128,9 @@ func getDecoder() (*zstd.Decoder, error) {
 // ErrDecodedTooLarge or ErrInvalidBatch (see ValidateRecords; also a count
 // or last_seq that does not match the records).
 func DecodeBatch(b *syncv1.Batch, maxDecoded int) ([]*syncv1.Record, error) {
-	if maxDecoded <= 0 {
-		maxDecoded = DefaultMaxDecoded
-	}
-	if b == nil {
-		return nil, fmt.Errorf("%w: no batch", ErrMalformed)
-	}
-	if b.GetCount() == 0 {
-		return nil, fmt.Errorf("%w: count is 0", ErrInvalidBatch)
-	}
-	if b.GetCount() > maxBatchRecords {
-		return nil, fmt.Errorf("%w: count %d above %d", ErrInvalidBatch, b.GetCount(), maxBatchRecords)
-	}
-	var raw []byte
-	switch b.GetEncoding() {
-	case syncv1.Encoding_ENCODING_NONE:
-		raw = b.GetRecords()
-		if len(raw) > maxDecoded {
-			return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrDecodedTooLarge, len(raw), maxDecoded)
-		}
-	case syncv1.Encoding_ENCODING_ZSTD:
-		var err error
-		if raw, err = decompress(b.GetRecords(), maxDecoded); err != nil {
-			return nil, err
-		}
-	default:
-		return nil, fmt.Errorf("%w: unknown encoding %d", ErrMalformed, b.GetEncoding())
+	raw, err := batchBytes(b, maxDecoded)
+	if err != nil {
+		return nil, err
 	}
 	var list syncv1.RecordList
 	if err := proto.Unmarshal(raw, &list); err != nil {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"google.golang.org/protobuf/proto"
 
@@ -41,25 +42,40 @@ var (
 // above MaxFrameBytes (ErrFrameTooLarge), writing nothing in both cases.
 // Callers that share w between goroutines serialise the calls.
 func WriteFrame(w io.Writer, f *syncv1.Frame) error {
-	if f == nil || f.GetBody() == nil {
-		return fmt.Errorf("%w: frame has no body", ErrMalformed)
-	}
-	n := proto.Size(f)
-	if n > MaxFrameBytes {
-		return fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
-	}
-	buf := make([]byte, headerLen, headerLen+n)
-	binary.BigEndian.PutUint32(buf, uint32(n))
-	buf, err := proto.MarshalOptions{}.MarshalAppend(buf, f)
+	buf, err := AppendFrame(nil, f)
 	if err != nil {
-		return fmt.Errorf("wire: marshal frame: %w", err)
-	}
-	if len(buf)-headerLen != n {
-		// proto.Size and Marshal disagree only if f changed concurrently.
-		binary.BigEndian.PutUint32(buf, uint32(len(buf)-headerLen))
+		return err
 	}
 	_, err = w.Write(buf)
 	return err
+}
+
+// AppendFrame appends f with its length prefix to dst, as WriteFrame would
+// write it, and returns the extended slice. It refuses the same frames as
+// WriteFrame, returning dst unchanged.
+func AppendFrame(dst []byte, f *syncv1.Frame) ([]byte, error) {
+	if f == nil || f.GetBody() == nil {
+		return dst, fmt.Errorf("%w: frame has no body", ErrMalformed)
+	}
+	n := proto.Size(f)
+	if n > MaxFrameBytes {
+		return dst, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, n)
+	}
+	start := len(dst)
+	buf := binary.BigEndian.AppendUint32(dst, uint32(n))
+	buf = slices.Grow(buf, n)
+	buf, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(buf, f)
+	if err != nil {
+		return dst, fmt.Errorf("wire: marshal frame: %w", err)
+	}
+	if m := len(buf) - start - headerLen; m != n {
+		// proto.Size and Marshal disagree only if f changed concurrently.
+		if m > MaxFrameBytes {
+			return dst, fmt.Errorf("%w: %d bytes", ErrFrameTooLarge, m)
+		}
+		binary.BigEndian.PutUint32(buf[start:], uint32(m))
+	}
+	return buf, nil
 }
 
 // ReadFrame reads one frame from r. maxBytes limits the frame's length; a

@@ -75,3 +75,48 @@ func FuzzDecodeBatch(f *testing.F) {
 		}
 	})
 }
+
+// FuzzDecodeBatchRaw checks DecodeBatchRaw against DecodeBatch, which
+// decodes with the protobuf library: whatever the raw decoder accepts, the
+// library accepts with the same records, and the raw decoder accepts every
+// canonical encoding of what the library accepts.
+func FuzzDecodeBatchRaw(f *testing.F) {
+	for _, in := range [][]*syncv1.Record{recs(1, 3), richRecords()} {
+		for _, c := range []int{0, 1} {
+			b, _ := EncodeRecords(in, c)
+			f.Add(uint8(b.Encoding), b.Count, b.LastSeq, b.Records)
+		}
+	}
+	f.Add(uint8(0), uint32(1), uint64(1), listOf(recordBytes(1, eventBytes(attrEntry("subject", fBytes(nil, fieldAttrString, []byte("a")))))))
+	f.Add(uint8(0), uint32(1), uint64(1), listOf(recordBytes(1, eventBytes(fBytes(nil, fieldEvID, []byte("again"))))))
+	f.Add(uint8(1), uint32(1), uint64(1), zstdBytes(f, make([]byte, 1<<20)))
+	f.Fuzz(func(t *testing.T, enc uint8, count uint32, last uint64, data []byte) {
+		b := &syncv1.Batch{Encoding: syncv1.Encoding(enc), Count: count, LastSeq: last, Records: data}
+		raw, err := DecodeBatchRaw(b, 1<<18)
+		full, ferr := DecodeBatch(b, 1<<18)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrInvalidBatch) && !errors.Is(err, ErrDecodedTooLarge) {
+				t.Fatalf("undocumented error: %v", err)
+			}
+			if ferr != nil {
+				return
+			}
+			// Refused what the library accepts: allowed only for the
+			// non-canonical encodings the raw decoder is strict about.
+			canon, cerr := EncodeRecords(full, 0)
+			if cerr != nil {
+				t.Fatalf("re-encode accepted records: %v", cerr)
+			}
+			again, err := DecodeBatchRaw(canon, 0)
+			if err != nil {
+				t.Fatalf("refused the canonical encoding of accepted records: %v", err)
+			}
+			checkRawAgainst(t, again, full)
+			return
+		}
+		if ferr != nil {
+			t.Fatalf("raw accepted a batch the library refuses: %v", ferr)
+		}
+		checkRawAgainst(t, raw, full)
+	})
+}
