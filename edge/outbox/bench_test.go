@@ -2,9 +2,11 @@ package outbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // BenchmarkAppend measures committed messages per second (200-byte payloads,
@@ -16,17 +18,65 @@ func BenchmarkAppend(b *testing.B) {
 	for _, appenders := range []int{1, 50} {
 		for _, window := range []int{1, 100} {
 			name := fmt.Sprintf("appenders=%d/inflight=%d", appenders, window)
-			b.Run(name, func(b *testing.B) { benchAppend(b, appenders, window) })
+			b.Run(name, func(b *testing.B) { benchAppend(b, appenders, window, Options{}, 0) })
 		}
 	}
 }
 
-func benchAppend(b *testing.B, appenders, window int) {
-	o := openT(b, dbPath(b), Options{})
+// BenchmarkAppendPolicy measures what the quota and TTL bookkeeping costs
+// group commit, with 50 appenders keeping 100 messages each in flight:
+//
+//	off:          no quota, no TTL (the baseline)
+//	quota:        a quota that is never reached (the per-message check)
+//	ttl:          a TTL nothing reaches (scheduling expiry at each commit)
+//	drop-oldest:  a full outbox where every message drops the oldest record
+//	              (a DELETE and an index lookup per group, in the commit)
+//	reject-new:   a full outbox refusing every message (no insert at all)
+func BenchmarkAppendPolicy(b *testing.B) {
+	const prefill = 20000
+	size := benchMessage(0, nil).StoredSize() + 200
+	for _, tc := range []struct {
+		name    string
+		opts    Options
+		prefill int
+	}{
+		{"off", Options{}, 0},
+		{"quota", Options{QuotaBytes: 1 << 40}, 0},
+		{"ttl", Options{TTL: time.Hour}, 0},
+		{"drop-oldest", Options{QuotaBytes: prefill * size, Overflow: DropOldest}, prefill},
+		{"reject-new", Options{QuotaBytes: prefill * size}, prefill},
+	} {
+		b.Run(tc.name, func(b *testing.B) { benchAppend(b, 50, 100, tc.opts, tc.prefill) })
+	}
+}
+
+func benchMessage(a int, payload []byte) Message {
+	return Message{ClientID: fmt.Sprintf("bench-%02d", a), Topic: "bench/t", Payload: payload, QoS: 1, Received: time.Now()}
+}
+
+// benchAppend appends b.N messages from `appenders` goroutines, each keeping
+// `window` in flight (1: AppendWait). prefill messages are committed before
+// the timer starts. Refusals by the quota count as done, not as errors.
+func benchAppend(b *testing.B, appenders, window int, opts Options, prefill int) {
+	o := openT(b, dbPath(b), opts)
 	payload := make([]byte, 200)
 	for i := range payload {
 		payload[i] = byte('a' + i%26)
 	}
+	if prefill > 0 {
+		var wg sync.WaitGroup
+		wg.Add(prefill)
+		for range prefill {
+			o.Append(benchMessage(0, payload), func(_ uint64, err error) {
+				if err != nil {
+					b.Error(err)
+				}
+				wg.Done()
+			})
+		}
+		wg.Wait()
+	}
+	before := o.Stats()
 	b.SetBytes(int64(len(payload)))
 	b.ResetTimer()
 	var wg sync.WaitGroup
@@ -38,10 +88,10 @@ func benchAppend(b *testing.B, appenders, window int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			m := Message{ClientID: fmt.Sprintf("bench-%d", a), Topic: "bench/t", Payload: payload, QoS: 1}
+			m := benchMessage(a, payload)
 			if window == 1 {
 				for range n {
-					if _, err := o.AppendWait(context.Background(), m); err != nil {
+					if _, err := o.AppendWait(context.Background(), m); err != nil && !errors.Is(err, ErrQuotaExceeded) {
 						b.Error(err)
 						return
 					}
@@ -54,7 +104,7 @@ func benchAppend(b *testing.B, appenders, window int) {
 			for range n {
 				slots <- struct{}{}
 				o.Append(m, func(_ uint64, err error) {
-					if err != nil {
+					if err != nil && !errors.Is(err, ErrQuotaExceeded) {
 						b.Error(err)
 					}
 					<-slots
@@ -67,6 +117,12 @@ func benchAppend(b *testing.B, appenders, window int) {
 	wg.Wait()
 	b.StopTimer()
 	st := o.Stats()
-	b.ReportMetric(st.RowsPerCommit(), "rows/commit")
+	b.ReportMetric(float64(st.CommittedRows-before.CommittedRows)/float64(max(1, st.CommittedGroups-before.CommittedGroups)), "rows/commit")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msg/s")
+	if d := st.DroppedOldest - before.DroppedOldest; d > 0 {
+		b.ReportMetric(float64(d)/float64(b.N), "drops/msg")
+	}
+	if r := st.Rejected - before.Rejected; r > 0 {
+		b.ReportMetric(float64(r)/float64(b.N), "refused/msg")
+	}
 }

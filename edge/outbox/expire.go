@@ -3,17 +3,30 @@ package outbox
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 	"time"
 )
 
-// TTL expiry. The writer keeps expireAt, the earliest time any held record
-// can be due, so most turns cost one clock read. When it is due the writer
-// deletes expired records in one bounded transaction per turn (between
-// group commits, like Acks), counting them per class, and then either goes
-// on next turn (the chunk was full) or reads the next due time from the
-// class/received index.
+// TTL expiry is first in, first out within a class, like RabbitMQ's
+// per-queue message TTL: the writer walks a class's records in seq order
+// (records_class) and deletes them while they are due, stopping at the first
+// that is not. With the broker stamping Received as messages arrive, seq
+// order is received order and this is exactly "older than TTL"; if the clock
+// steps back, records behind a later-stamped one wait for it. The rejected
+// alternative, an index on (priority, received) to expire in received order,
+// costs every append a second index insert for a difference that only a
+// clock step shows. Records whose Received is unknown (zero) or before 1970
+// never expire and do not hold back those behind them; expireFloor remembers
+// how far the walk got, so they are not walked again.
+//
+// The writer keeps expireAt, the earliest time a class's first record is
+// due, so most turns cost one clock read. When it is due the writer deletes
+// expired records in one bounded transaction per turn (between group
+// commits, like Acks), counting them per class, and then either goes on next
+// turn (the chunk was full) or reads the next due time from the classes'
+// first records.
 
 // expiryDue reports whether expired records may be waiting.
 func (o *Outbox) expiryDue() bool {
@@ -46,6 +59,9 @@ func (o *Outbox) expireStep() {
 		return
 	}
 	w.expireAt = next
+	for _, f := range w.floors {
+		w.expireFloor[f.class] = f.seq
+	}
 	if len(gone) == 0 {
 		return
 	}
@@ -68,13 +84,23 @@ func (o *Outbox) expireStep() {
 	w.vacuumCheck = true
 }
 
-// deleteExpired deletes, in one transaction, up to ExpireChunkRows records
-// whose class has a TTL and whose received time is at least that TTL before
-// now (Unix nanoseconds). It returns what it removed by class, the lowest
-// seq left, and the next expireAt: now if the chunk filled up, else the
-// earliest due time of what is left (0 if nothing is due ever).
+// classFloor is a new expireFloor for a class, applied once its
+// transaction committed.
+type classFloor struct {
+	class uint8
+	seq   uint64
+}
+
+// deleteExpired deletes, in one transaction, expired records of the classes
+// with a TTL, walking at most ExpireChunkRows records. now is Unix
+// nanoseconds. It returns what it removed by class, the lowest seq left, and
+// the next expireAt: now if the walk was cut short, else the earliest due
+// time of the classes' first records (0 if none is ever due). The classes'
+// new floors are left in w.floors.
 func (o *Outbox) deleteExpired(now int64) (gone []classDelta, first uint64, next int64, err error) {
 	ctx := context.Background()
+	w := &o.w
+	w.floors = w.floors[:0]
 	tx, err := o.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("begin: %w", err)
@@ -82,34 +108,37 @@ func (o *Outbox) deleteExpired(now int64) (gone []classDelta, first uint64, next
 	defer func() {
 		if err != nil {
 			o.rollback(tx)
+			w.floors = w.floors[:0]
 		}
 	}()
-	w := &o.w
 	gone = w.gone[:0]
 	budget := o.opts.ExpireChunkRows
-	full := false
+	more := false
 	for c := range w.classes {
 		ttl := int64(o.policy[c].ttl)
 		if ttl <= 0 || w.classes[c].records == 0 || now-1 < ttl {
 			continue
 		}
 		if budget == 0 {
-			full = true
+			more = true
 			break
 		}
-		d, err := expireClass(ctx, tx, uint8(c), now-ttl, budget)
+		class := uint8(c)
+		d, walked, floor, cut, err := o.expireClass(ctx, tx, class, now-ttl, budget)
 		if err != nil {
 			return nil, 0, 0, err
 		}
-		if d.records == 0 {
-			continue
+		budget -= walked
+		more = more || cut
+		if floor != w.expireFloor[c] {
+			w.floors = append(w.floors, classFloor{class, floor})
 		}
-		gone = append(gone, d)
-		budget -= int(d.records)
-		full = full || budget == 0
+		if d.records > 0 {
+			gone = append(gone, d)
+		}
 	}
 	w.gone = gone
-	if full {
+	if more {
 		next = now
 	} else if next, err = o.nextExpiry(ctx, tx, gone); err != nil {
 		return nil, 0, 0, err
@@ -125,58 +154,95 @@ func (o *Outbox) deleteExpired(now int64) (gone []classDelta, first uint64, next
 	return gone, first, next, nil
 }
 
-// expireClass deletes up to limit records of class received at or before
-// cutoff (and after 1970), oldest first.
-func expireClass(ctx context.Context, tx *sql.Tx, class uint8, cutoff int64, limit int) (classDelta, error) {
-	d := classDelta{class: class}
-	rows, err := tx.QueryContext(ctx, `DELETE FROM records WHERE seq IN (
-		SELECT seq FROM records INDEXED BY records_class_received
-		WHERE priority = ? AND received BETWEEN 1 AND ? ORDER BY received LIMIT ?)
-		RETURNING length(payload), `+sizeSQL, int64(class), cutoff, limit)
+// expireClass walks up to limit records of class in seq order from its
+// floor, and deletes those received at or before cutoff up to the first
+// that was received later. It returns what it deleted, how many records it
+// walked, the class's new floor, and whether the walk was cut short by
+// limit (more may be due).
+func (o *Outbox) expireClass(ctx context.Context, tx *sql.Tx, class uint8, cutoff int64, limit int) (d classDelta, walked int, floor uint64, cut bool, err error) {
+	d.class = class
+	start := o.w.expireFloor[class]
+	floor = start
+	rows, err := tx.QueryContext(ctx, `SELECT seq, received, length(payload), `+sizeSQL+`
+		FROM records INDEXED BY records_class WHERE priority = ? AND seq > ? ORDER BY seq LIMIT ?`,
+		int64(class), int64(start), limit)
 	if err != nil {
-		return d, fmt.Errorf("expire priority %d: %w", class, err)
+		return d, 0, 0, false, fmt.Errorf("expire priority %d: %w", class, err)
 	}
-	defer rows.Close()
+	var lastDue uint64
+	stopped := false
 	for rows.Next() {
-		var payload, bytes int64
-		if err := rows.Scan(&payload, &bytes); err != nil {
-			return d, fmt.Errorf("expire priority %d: %w", class, err)
+		var seq, received, payload, bytes int64
+		if err := rows.Scan(&seq, &received, &payload, &bytes); err != nil {
+			rows.Close()
+			return d, 0, 0, false, fmt.Errorf("expire priority %d: %w", class, err)
 		}
+		walked++
+		if received > cutoff {
+			stopped = true
+			break
+		}
+		floor = uint64(seq)
+		if received <= 0 {
+			continue // unknown: never expires
+		}
+		lastDue = uint64(seq)
 		d.add(classState{records: 1, bytes: bytes, payload: payload})
 	}
-	if err := rows.Err(); err != nil {
-		return d, fmt.Errorf("expire priority %d: %w", class, err)
+	err = rows.Err()
+	rows.Close()
+	if err != nil {
+		return d, 0, 0, false, fmt.Errorf("expire priority %d: %w", class, err)
 	}
-	return d, nil
+	if d.records > 0 {
+		// Every known-time record of the class in (start, lastDue] was
+		// walked and is due; the unknown-time ones stay.
+		res, err := tx.ExecContext(ctx, `DELETE FROM records INDEXED BY records_class
+			WHERE priority = ? AND seq > ? AND seq <= ? AND received > 0`, int64(class), int64(start), int64(lastDue))
+		if err != nil {
+			return d, 0, 0, false, fmt.Errorf("expire priority %d: %w", class, err)
+		}
+		if n, err := res.RowsAffected(); err != nil || n != d.records {
+			return d, 0, 0, false, fmt.Errorf("expire priority %d up to seq %d: deleted %d rows, walked %d due (%v)",
+				class, lastDue, n, d.records, err)
+		}
+	}
+	return d, walked, floor, !stopped && walked == limit, nil
 }
 
-// nextExpiry returns the earliest time (Unix nanoseconds) a held record of a
-// class with a TTL is due, 0 if none ever is. gone is what the current
-// transaction already deleted, not yet subtracted from the writer's classes.
+// nextExpiry returns the earliest time (Unix nanoseconds) the first
+// known-time record of a class with a TTL is due, 0 if none ever is. gone is
+// what the current transaction already deleted and w.floors the floors it
+// moved, neither yet applied to the writer's state.
 func (o *Outbox) nextExpiry(ctx context.Context, q queryer, gone []classDelta) (int64, error) {
 	w := &o.w
-	var held [256]int64
-	for c := range w.classes {
-		held[c] = w.classes[c].records
-	}
+	held := w.classes
 	for _, d := range gone {
-		held[d.class] -= d.records
+		held[d.class].sub(d.classState)
+	}
+	floors := w.expireFloor
+	for _, f := range w.floors {
+		floors[f.class] = f.seq
 	}
 	var next int64
-	for c := range w.classes {
+	for c := range held {
 		ttl := int64(o.policy[c].ttl)
-		if ttl <= 0 || held[c] <= 0 {
+		if ttl <= 0 || held[c].records <= 0 {
 			continue
 		}
-		var oldest sql.NullInt64
-		if err := q.QueryRowContext(ctx, `SELECT min(received) FROM records INDEXED BY records_class_received
-			WHERE priority = ? AND received > 0`, int64(c)).Scan(&oldest); err != nil {
+		var received int64
+		err := q.QueryRowContext(ctx, `SELECT received FROM records INDEXED BY records_class
+			WHERE priority = ? AND seq > ? AND received > 0 ORDER BY seq LIMIT 1`, int64(c), int64(floors[c])).Scan(&received)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
 			return 0, fmt.Errorf("next expiry of priority %d: %w", c, err)
 		}
-		if !oldest.Valid || oldest.Int64 > math.MaxInt64-ttl {
+		if received > math.MaxInt64-ttl {
 			continue
 		}
-		if due := oldest.Int64 + ttl; next == 0 || due < next {
+		if due := received + ttl; next == 0 || due < next {
 			next = due
 		}
 	}

@@ -88,9 +88,12 @@ type Options struct {
 	// TTL is how long a record may wait for the cloud, measured from its
 	// Message.Received against Now: once Now - Received >= TTL the writer
 	// deletes it (in chunks of ExpireChunkRows) and counts it in
-	// Stats.Expired, whether or not it was already sent. Records
-	// whose Received is zero (unknown) or before 1970 never expire. 0 means
-	// no expiry; ClassPolicy.TTL overrides it per class.
+	// Stats.Expired, whether or not it was already sent. Expiry is first in,
+	// first out within a class: a record also waits for the records of its
+	// class committed before it, which only matters if the clock stepped
+	// back (see expire.go). Records whose Received is zero (unknown) or
+	// before 1970 never expire. 0 means no expiry; ClassPolicy.TTL overrides
+	// it per class.
 	TTL time.Duration
 
 	// ExpireInterval is how often the idle writer looks for expired records

@@ -91,8 +91,9 @@ type Outbox struct {
 	cls     [256]ClassStats // Stats.Classes, by priority
 	commitc chan struct{}   // closed and replaced after every commit (for Wait)
 
-	policy [256]classPolicy // Options.Classes resolved
-	anyTTL bool             // some class expires records
+	policy     [256]classPolicy // Options.Classes resolved
+	anyTTL     bool             // some class expires records
+	classIndex bool             // a policy reads records_class
 
 	w writerState // owned by the writer goroutine
 }
@@ -144,7 +145,9 @@ func Open(path string, opts Options) (*Outbox, error) {
 		ckDone:     make(chan struct{}),
 		commitc:    make(chan struct{}),
 	}
-	o.policy, o.anyTTL = opts.policies()
+	var anyDrop bool
+	o.policy, o.anyTTL, anyDrop = opts.policies()
+	o.classIndex = o.anyTTL || anyDrop && opts.QuotaBytes > 0
 	if err := o.open(); err != nil {
 		o.closeHandles()
 		return nil, err
@@ -192,6 +195,9 @@ func (o *Outbox) open() error {
 	if err := migrate(ctx, o.wdb); err != nil {
 		return err
 	}
+	if err := o.ensureClassIndex(ctx); err != nil {
+		return err
+	}
 	var av int
 	if err := o.wdb.QueryRowContext(ctx, "PRAGMA auto_vacuum").Scan(&av); err != nil {
 		return fmt.Errorf("outbox: read auto_vacuum: %w", err)
@@ -219,6 +225,29 @@ func (o *Outbox) open() error {
 		return fmt.Errorf("outbox: open checkpointer: %w", err)
 	}
 	o.cdb.SetMaxOpenConns(1)
+	return nil
+}
+
+// ensureClassIndex creates records_class when a policy reads it and drops it
+// when none does.
+func (o *Outbox) ensureClassIndex(ctx context.Context) error {
+	var exists bool
+	if err := o.wdb.QueryRowContext(ctx, `SELECT count(*) > 0 FROM sqlite_master
+		WHERE type = 'index' AND name = 'records_class'`).Scan(&exists); err != nil {
+		return fmt.Errorf("outbox: look for the class index: %w", err)
+	}
+	switch {
+	case o.classIndex && !exists:
+		o.log.Info("building the priority class index for the DropOldest and TTL policies", "path", o.path)
+		if _, err := o.wdb.ExecContext(ctx, createClassIndex); err != nil {
+			return fmt.Errorf("outbox: build the class index: %w", classify(err))
+		}
+	case !o.classIndex && exists:
+		o.log.Info("dropping the priority class index: no DropOldest or TTL policy uses it", "path", o.path)
+		if _, err := o.wdb.ExecContext(ctx, dropClassIndex); err != nil {
+			return fmt.Errorf("outbox: drop the class index: %w", classify(err))
+		}
+	}
 	return nil
 }
 

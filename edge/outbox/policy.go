@@ -91,9 +91,9 @@ type classPolicy struct {
 	ttl  time.Duration // 0: the class's records never expire
 }
 
-// policies resolves o's per-class table; anyTTL reports whether any class
-// expires records.
-func (o Options) policies() (t [256]classPolicy, anyTTL bool) {
+// policies resolves o's per-class table. anyTTL reports whether any class
+// expires records, anyDrop whether any class is DropOldest.
+func (o Options) policies() (t [256]classPolicy, anyTTL, anyDrop bool) {
 	for c := range t {
 		p := o.Classes[uint8(c)]
 		ov := p.Overflow
@@ -106,8 +106,9 @@ func (o Options) policies() (t [256]classPolicy, anyTTL bool) {
 		}
 		t[c] = classPolicy{drop: ov == DropOldest, ttl: max(ttl, 0)}
 		anyTTL = anyTTL || t[c].ttl > 0
+		anyDrop = anyDrop || t[c].drop
 	}
-	return t, anyTTL
+	return t, anyTTL, anyDrop
 }
 
 // classState is what the writer holds of one priority class.

@@ -2,7 +2,6 @@ package outbox
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -771,39 +770,51 @@ func TestRestartKeepsAccounting(t *testing.T) {
 	checkAccounting(t, o)
 }
 
-// TestMigrateV1: a database written by schema version 1 gets the class
-// indexes, keeps its records and seqs, and is accounted correctly.
-func TestMigrateV1(t *testing.T) {
+// TestClassIndexFollowsOptions: records_class exists exactly while a
+// DropOldest (with a quota) or TTL policy reads it, is rebuilt over existing
+// records, and the policies work on the rebuilt index.
+func TestClassIndexFollowsOptions(t *testing.T) {
 	path := dbPath(t)
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
+	hasIndex := func(o *Outbox) bool {
+		var n int
+		if err := o.wdb.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'records_class'`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
 	}
-	if _, err := db.Exec(schemaV1); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 5 {
-		m := classMsg(uint8(i%2), i, 300)
-		if _, err := db.Exec(insertSQL, m.ClientID, m.Username, m.Topic, m.Payload, 1, false, "", "", int(m.Priority), 0, nil); err != nil {
+	dropOldest := Options{QuotaBytes: 6 * 300, Overflow: DropOldest}
+	for i, tc := range []struct {
+		opts Options
+		want bool
+	}{
+		{Options{}, false},
+		{Options{QuotaBytes: 1 << 20}, false},  // RejectNew never reads it
+		{Options{Overflow: DropOldest}, false}, // no quota: nothing is dropped
+		{dropOldest, true},                     // built over 5 records
+		{Options{}, false},                     // dropped again
+		{Options{Classes: map[uint8]ClassPolicy{9: {TTL: time.Hour}}}, true},
+	} {
+		o, err := Open(path, tc.opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			for j := range 5 {
+				mustAppend(t, o, classMsg(uint8(j%2), j, 300))
+			}
+		}
+		if got := hasIndex(o); got != tc.want {
+			t.Errorf("options %d: index exists = %v, want %v", i, got, tc.want)
+		}
+		if err := o.Close(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	db.Close()
-	o := openT(t, path, Options{QuotaBytes: 6 * 300})
-	var v int
-	if err := o.wdb.QueryRow("PRAGMA user_version").Scan(&v); err != nil || v != schemaVersion {
-		t.Fatalf("user_version %d, %v", v, err)
-	}
-	var n int
-	if err := o.wdb.QueryRow(`SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name IN ('records_class', 'records_class_received')`).Scan(&n); err != nil || n != 2 {
-		t.Fatalf("%d class indexes, %v", n, err)
-	}
-	if st := o.Stats(); st.Records != 5 || st.Bytes != 5*300 || st.LastSeq != 5 {
-		t.Fatalf("migrated stats %+v", st)
-	}
-	mustAppend(t, o, classMsg(0, 5, 300))
-	if _, err := appendErr(t, o, classMsg(0, 6, 300)); !errors.Is(err, ErrQuotaExceeded) {
-		t.Fatalf("append over the quota after migration = %v", err)
+	o := openT(t, path, dropOldest)
+	mustAppend(t, o, classMsg(1, 5, 300))
+	mustAppend(t, o, classMsg(1, 6, 300)) // drops seq 2, the oldest of class 1
+	if got := fmt.Sprint(heldSeqs(t, o)); got != "[1 3 4 5 6 7]" {
+		t.Fatalf("held %s", got)
 	}
 	checkAccounting(t, o)
 }
@@ -811,12 +822,12 @@ func TestMigrateV1(t *testing.T) {
 // TestQueryPlans: the policy queries use the indexes they were written for;
 // an Ack's count walks the seq range, not the class index.
 func TestQueryPlans(t *testing.T) {
-	o := openT(t, dbPath(t), Options{})
+	o := openT(t, dbPath(t), Options{TTL: time.Hour})
 	for _, tc := range []struct{ query, want string }{
 		{`SELECT priority, count(*) FROM records NOT INDEXED WHERE seq <= 5 GROUP BY priority`, "INTEGER PRIMARY KEY"},
-		{`SELECT seq FROM records INDEXED BY records_class WHERE priority = 1 AND seq > 5 ORDER BY seq LIMIT 9`, "records_class (priority=? AND rowid>?)"},
-		{`SELECT seq FROM records INDEXED BY records_class_received WHERE priority = 1 AND received BETWEEN 1 AND 9 ORDER BY received LIMIT 9`, "records_class_received (priority=? AND received>? AND received<?)"},
-		{`SELECT min(received) FROM records INDEXED BY records_class_received WHERE priority = 1 AND received > 0`, "records_class_received (priority=? AND received>?)"},
+		{`SELECT seq, received FROM records INDEXED BY records_class WHERE priority = 1 AND seq > 5 ORDER BY seq LIMIT 9`, "records_class (priority=? AND rowid>?)"},
+		{`DELETE FROM records INDEXED BY records_class WHERE priority = 1 AND seq > 5 AND seq <= 9 AND received > 0`, "records_class (priority=? AND rowid>? AND rowid<?)"},
+		{`DELETE FROM records INDEXED BY records_class WHERE priority = 1 AND seq <= 9`, "records_class (priority=? AND rowid<?)"},
 	} {
 		rows, err := o.wdb.Query("EXPLAIN QUERY PLAN " + tc.query)
 		if err != nil {
@@ -932,4 +943,57 @@ func TestFailedCommitDropsNothing(t *testing.T) {
 		t.Fatalf("stats after the retried group: %+v", st)
 	}
 	checkAccounting(t, o)
+}
+
+// TestTTLFirstInFirstOut: within a class, a due record waits behind an
+// earlier-committed record that is not yet due (the clock stepped back
+// between them), and records with no Received time neither expire nor hold
+// anything back.
+func TestTTLFirstInFirstOut(t *testing.T) {
+	start := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := &fakeClock{now: start}
+	o := openT(t, dbPath(t), Options{TTL: 10 * time.Minute, Now: clock.Now, ExpireInterval: time.Millisecond, ExpireChunkRows: 2})
+	for i, received := range []time.Time{
+		start,                      // 1
+		{},                         // 2: unknown
+		start.Add(5 * time.Minute), // 3
+		start.Add(-time.Hour),      // 4: the clock stepped back
+		{},                         // 5: unknown
+		start.Add(time.Minute),     // 6
+		start.Add(-2 * time.Hour),  // 7, class 1: its own queue
+	} {
+		m := classMsg(0, i, 200)
+		if i == 6 {
+			m = classMsg(1, i, 200)
+		}
+		m.Received = received
+		mustAppend(t, o, m)
+	}
+	wait := func(want uint64, held string) {
+		t.Helper()
+		var st Stats
+		if !pollUntil(30*time.Second, func() bool { st = o.Stats(); return st.Expired >= want }) || st.Expired != want {
+			t.Fatalf("expired %d, want %d", st.Expired, want)
+		}
+		if got := fmt.Sprint(heldSeqs(t, o)); got != held {
+			t.Fatalf("held %s, want %s", got, held)
+		}
+		checkAccounting(t, o)
+	}
+	// At 0:10, 1 is due and 3 is not: 4 waits behind 3. Class 1 is not held
+	// back by class 0.
+	clock.Advance(10 * time.Minute)
+	wait(2, "[2 3 4 5 6]")
+	// At 0:15, 3 is due, and 4 and 6 behind it.
+	clock.Advance(5 * time.Minute)
+	wait(5, "[2 5]")
+	if c := classStats(o.Stats(), 0); c.Expired != 4 || c.Records != 2 {
+		t.Fatalf("class 0: %+v", c)
+	}
+	// A record committed now, behind the unknown ones, still expires.
+	m := classMsg(0, 9, 200)
+	m.Received = clock.Now()
+	mustAppend(t, o, m)
+	clock.Advance(24 * time.Hour)
+	wait(6, "[2 5]")
 }

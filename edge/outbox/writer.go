@@ -30,10 +30,15 @@ type writerState struct {
 	plan    quotaPlan          // the current group's quota decisions
 	gone    []classDelta       // scratch for deletions by class
 
-	// expireAt is when, in Unix nanoseconds by Options.Now, the oldest
-	// expirable record is due; 0 when none is. It may be early (the record
-	// was acknowledged since), never late.
+	// expireAt is when, in Unix nanoseconds by Options.Now, the first
+	// record of some class is due to expire; 0 when none is. It may be early
+	// (the record was acknowledged since), never late.
 	expireAt int64
+	// expireFloor[c]: every record of class c with seq <= it is gone or has
+	// an unknown Received time (see expire.go). floors is scratch for the
+	// floors an expiry transaction moves.
+	expireFloor [256]uint64
+	floors      []classFloor
 }
 
 // classCounters are the writer's per-class counters.
