@@ -29,7 +29,10 @@ func TestModel(t *testing.T) {
 		seeds, _ = strconv.Atoi(s)
 	}
 	for seed := range uint64(seeds) {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { runModel(t, seed, 250) })
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			t.Parallel() // mostly waiting for fsyncs
+			runModel(t, seed, 250)
+		})
 	}
 }
 
