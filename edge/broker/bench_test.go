@@ -17,10 +17,12 @@ import (
 // BenchmarkDurableAck measures QoS 1 publish throughput with every PUBACK
 // after its SQLite commit (real outbox, synchronous=full), real paho clients
 // over loopback, 200-byte payloads, a fixed window of messages in flight per
-// publisher and one QoS 1 subscriber on "#", in both ack modes. Run with a
+// publisher and one QoS 1 subscriber on "#", in both ack modes. The
+// "local" peer is plain mochi in the same run: a rule keeps every topic
+// local, so nothing touches the disk; quote ratios against it. Run with a
 // fixed count, e.g. -bench DurableAck -benchtime 20000x.
 func BenchmarkDurableAck(b *testing.B) {
-	for _, mode := range ackModes {
+	for _, mode := range []AckMode{AckAsync, AckSync, "local"} {
 		for _, shape := range []struct{ publishers, window int }{{50, 100}, {1, 100}} {
 			b.Run(fmt.Sprintf("%s/%dx%d", mode, shape.publishers, shape.window), func(b *testing.B) {
 				benchDurableAck(b, mode, shape.publishers, shape.window)
@@ -35,7 +37,12 @@ func benchDurableAck(b *testing.B, mode AckMode, publishers, window int) {
 		b.Fatal(err)
 	}
 	defer ob.Close()
-	br, err := New(Config{AckMode: mode, Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}}, ob, nil)
+	cfg := Config{AckMode: mode, Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}}
+	if mode == "local" {
+		cfg.AckMode = AckAsync
+		cfg.Forwarding = []Rule{{Filter: "#", Forward: false}}
+	}
+	br, err := New(cfg, ob, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
