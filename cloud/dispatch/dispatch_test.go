@@ -98,7 +98,7 @@ func checkSameEvent(t testing.TB, want, got *event.Event) {
 // TestPerPartitionOrder checks that with 4 ordered lanes each device's events
 // reach the sink in sequence, even when deliveries fail and are retried.
 func TestPerPartitionOrder(t *testing.T) {
-	const n, devices = 3000, 37
+	const n, devices = 1500, 37
 	lg := commitlog.NewMemory(nil)
 	fillLog(t, lg, n, devices)
 	var mu sync.Mutex
@@ -150,7 +150,7 @@ func TestPerPartitionOrder(t *testing.T) {
 
 // TestUnorderedDeliversAll runs the unordered worker pool.
 func TestUnorderedDeliversAll(t *testing.T) {
-	const n = 2000
+	const n = 1000
 	lg := commitlog.NewMemory(nil)
 	fillLog(t, lg, n, 5)
 	s := newSink(t, nil)
@@ -348,7 +348,7 @@ func TestMaxAgeWithFakeClock(t *testing.T) {
 // TestHangingSinkDoesNotHoldOthers: one subscription's sink never answers;
 // another subscription on the same log still delivers everything.
 func TestHangingSinkDoesNotHoldOthers(t *testing.T) {
-	const n = 2000
+	const n = 1000
 	lg := commitlog.NewMemory(nil)
 	fillLog(t, lg, n, 10)
 	release := make(chan struct{})
@@ -467,5 +467,94 @@ func TestLogClosedStopsRun(t *testing.T) {
 	}
 	if err := d.Add(Subscription{ID: "late", Sink: s.URL}); !errors.Is(err, ErrStopped) {
 		t.Fatalf("Add after Run = %v", err)
+	}
+}
+
+// TestRedirectNotFollowed: a 3xx is not followed (a redirected POST would be
+// replayed as a bodiless GET) and dead-letters the event.
+func TestRedirectNotFollowed(t *testing.T) {
+	lg := commitlog.NewMemory(nil)
+	fillLog(t, lg, 1, 1)
+	target := newSink(t, nil)
+	s := newSink(t, func(*event.Event, int) (int, http.Header) {
+		return http.StatusFound, http.Header{"Location": {target.URL}}
+	})
+	d := mustNew(t, lg, t.TempDir(), Options{})
+	if err := d.Add(Subscription{ID: "rd", Sink: s.URL}); err != nil {
+		t.Fatal(err)
+	}
+	stop := started(t, d)
+	waitFor(t, "dead-lettered", func() bool { st, _ := d.Stats("rd"); return st.DeadLettered == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if len(target.snapshot()) != 0 {
+		t.Fatal("redirect was followed")
+	}
+	if dls := deadLetters(t, lg, "$deadletter/rd"); len(dls) != 1 || extString(t, dls[0], ExtDLStatus) != "302" {
+		t.Fatalf("dead letters %v", dls)
+	}
+}
+
+// TestUnreachableSink: connection errors are retried, then dead-lettered
+// with status 0 and the transport error as the reason.
+func TestUnreachableSink(t *testing.T) {
+	lg := commitlog.NewMemory(nil)
+	fillLog(t, lg, 2, 1)
+	gone := newSink(t, nil)
+	url := gone.URL
+	gone.Close()
+	waits := &fakeWaits{}
+	d := mustNew(t, lg, t.TempDir(), Options{After: waits.after})
+	if err := d.Add(Subscription{ID: "gone", Sink: url, Retry: RetryPolicy{MaxAttempts: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	stop := started(t, d)
+	waitFor(t, "dead-lettered", func() bool { st, _ := d.Stats("gone"); return st.DeadLettered == 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(waits.list()); n != 4 {
+		t.Fatalf("%d retries, want 2 per event", n)
+	}
+	dls := deadLetters(t, lg, "$deadletter/gone")
+	if len(dls) != 2 || extString(t, dls[0], ExtDLStatus) != "0" || !strings.Contains(extString(t, dls[0], ExtDLReason), "refused") {
+		t.Fatalf("dead letters %v", dls)
+	}
+}
+
+// TestAttemptTimeout: a sink slower than the subscription's timeout is
+// abandoned and retried; PUT is used when configured.
+func TestAttemptTimeout(t *testing.T) {
+	lg := commitlog.NewMemory(nil)
+	fillLog(t, lg, 1, 1)
+	release := make(chan struct{})
+	s := newSink(t, func(_ *event.Event, attempt int) (int, http.Header) {
+		if attempt == 1 {
+			<-release // never answers the first attempt
+		}
+		return http.StatusOK, nil
+	})
+	// Registered after newSink, so it runs before the server's Close.
+	t.Cleanup(func() { close(release) })
+	waits := &fakeWaits{}
+	d := mustNew(t, lg, t.TempDir(), Options{After: waits.after})
+	sub := Subscription{ID: "to", Sink: s.URL, ProtocolSettings: HTTPSettings{Method: "PUT", Timeout: Duration(100 * time.Millisecond)}}
+	if err := d.Add(sub); err != nil {
+		t.Fatal(err)
+	}
+	stop := started(t, d)
+	waitFor(t, "delivered on the second attempt", func() bool { return s.count("ev-0") == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	st, _ := d.Stats("to")
+	if st.Retries != 1 || st.Delivered != 1 || !strings.Contains(st.LastError, "no answer within 100ms") {
+		t.Fatalf("stats %+v", st)
+	}
+	for _, r := range s.snapshot() {
+		if r.method != http.MethodPut {
+			t.Fatalf("method %s", r.method)
+		}
 	}
 }

@@ -69,6 +69,7 @@ func fillLog(t testing.TB, lg commitlog.Log, n, devices int) {
 // received is one request a sink saw.
 type received struct {
 	ev     *event.Event
+	method string
 	header http.Header
 	status int
 }
@@ -107,7 +108,7 @@ func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
 		status, hdr = s.policy(e, attempt)
 	}
 	s.mu.Lock()
-	s.got = append(s.got, received{ev: e, header: r.Header.Clone(), status: status})
+	s.got = append(s.got, received{ev: e, method: r.Method, header: r.Header.Clone(), status: status})
 	if status/100 == 2 {
 		s.counts[e.ID()]++
 	}

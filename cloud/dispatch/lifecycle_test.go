@@ -58,21 +58,14 @@ func checkResumed(t *testing.T, first, second *sink, cursor uint64, n int) {
 // TestRestartResumesFromCursor stops a dispatcher mid-stream and starts a
 // new one on the same directory.
 func TestRestartResumesFromCursor(t *testing.T) {
-	const n = 3000
+	const n = 1500
 	lg := commitlog.NewMemory(nil)
 	fillLog(t, lg, n, 10)
 	dir := t.TempDir()
 	sub := Subscription{ID: "r", Parallelism: 3}
 
 	half := make(chan struct{})
-	var once sync.Once
-	var s1 *sink
-	s1 = newSink(t, func(e *event.Event, _ int) (int, http.Header) {
-		if s1.delivered() >= n/3 {
-			once.Do(func() { close(half) })
-		}
-		return http.StatusOK, nil
-	})
+	s1 := newSink(t, closeAfter(n/3, half))
 	d1 := mustNew(t, lg, dir, Options{FlushInterval: time.Hour, FlushEvery: 1 << 30}) // only the shutdown write
 	sub.Sink = s1.URL
 	if err := d1.Add(sub); err != nil {
@@ -106,6 +99,22 @@ func TestRestartResumesFromCursor(t *testing.T) {
 	checkResumed(t, s1, s2, cs.Offset, n)
 }
 
+// closeAfter is a sink policy accepting everything that closes ch once n
+// distinct events were seen.
+func closeAfter(n int, ch chan struct{}) func(*event.Event, int) (int, http.Header) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return func(e *event.Event, _ int) (int, http.Header) {
+		mu.Lock()
+		defer mu.Unlock()
+		seen[e.ID()] = true
+		if len(seen) == n {
+			close(ch)
+		}
+		return http.StatusOK, nil
+	}
+}
+
 const crashChildEnv = "DISPATCH_CRASH_CHILD"
 
 // TestCrashChild is the dispatcher process killed by TestCrashResumes. It
@@ -126,7 +135,7 @@ func TestCrashChild(t *testing.T) {
 	_ = d.Run(ctx)
 }
 
-const crashEvents = 4000
+const crashEvents = 2000
 
 // TestCrashResumes kills a dispatcher process with SIGKILL mid-stream and
 // resumes from the cursor it left on disk.
@@ -136,14 +145,7 @@ func TestCrashResumes(t *testing.T) {
 	}
 	dir := t.TempDir()
 	enough := make(chan struct{})
-	var once sync.Once
-	var s1 *sink
-	s1 = newSink(t, func(e *event.Event, _ int) (int, http.Header) {
-		if s1.delivered() >= crashEvents/3 {
-			once.Do(func() { close(enough) })
-		}
-		return http.StatusOK, nil
-	})
+	s1 := newSink(t, closeAfter(crashEvents/3, enough))
 	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.v")
 	cmd.Env = append(os.Environ(), crashChildEnv+"=1", "DISPATCH_DIR="+dir, "DISPATCH_SINK="+s1.URL)
 	out := &lockedBuffer{}

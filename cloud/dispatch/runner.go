@@ -154,13 +154,13 @@ func (r *runner) start(ctx context.Context) {
 
 // stop cancels the runner and waits until its goroutines ended and its
 // cursor was written.
+// It may be called more than once, from any goroutine.
 func (r *runner) stop() {
 	r.mu.Lock()
 	if !r.started {
 		r.started = true // never start it now
-		r.mu.Unlock()
+		r.cancel = func() {}
 		close(r.done)
-		return
 	}
 	r.cancel()
 	r.mu.Unlock()
