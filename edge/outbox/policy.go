@@ -140,8 +140,9 @@ var sizeSQL = `(length(payload) + length(CAST(client_id AS BLOB)) + length(CAST(
 // transaction before anything is written: which messages are refused and
 // which committed records are dropped.
 type quotaPlan struct {
-	group [256]int64          // stored bytes of the group's kept messages, by class
-	cuts  map[uint8]*classCut // classes losing committed records or group messages
+	group   [256]int64          // stored bytes of the group's kept messages, by class
+	dropped [256]int64          // stored bytes of committed records dropped, by class
+	cuts    map[uint8]*classCut // classes losing committed records or group messages
 }
 
 // classCut is what a group takes from one DropOldest class.
@@ -165,6 +166,7 @@ const victimFetch = 256
 
 func (pl *quotaPlan) reset() {
 	clear(pl.group[:])
+	clear(pl.dropped[:])
 	if pl.cuts == nil {
 		pl.cuts = map[uint8]*classCut{}
 	}
@@ -231,12 +233,8 @@ func (o *Outbox) droppable(c uint8) int64 {
 	w := &o.w
 	var n int64
 	for k := int(c); k < len(w.classes); k++ {
-		if !o.policy[k].drop {
-			continue
-		}
-		n += w.classes[k].bytes + w.plan.group[k]
-		if cut := w.plan.cuts[uint8(k)]; cut != nil {
-			n -= cut.dropped.bytes
+		if o.policy[k].drop {
+			n += w.classes[k].bytes + w.plan.group[k] - w.plan.dropped[k]
 		}
 	}
 	return n
@@ -273,6 +271,7 @@ func (o *Outbox) makeRoom(ctx context.Context, tx *sql.Tx, earlier []*pending, c
 			cut.fetched = cut.fetched[1:]
 			cut.upTo = v.seq
 			cut.dropped.add(classState{records: 1, bytes: v.bytes, payload: v.payload})
+			w.plan.dropped[k] += v.bytes
 			freed += v.bytes
 		}
 		for ; freed < need && cut.cursor < len(earlier); cut.cursor++ {
