@@ -15,10 +15,10 @@ import (
 	"github.com/tributary-io/tributary/sync/wire"
 )
 
-// sendLoop is one session's pipeline, three goroutines deep:
+// sendLoop is one session's pipeline, four goroutines deep:
 //
-//   - the batcher reads the Source, turns records into encoded, compressed
-//     frames and hands them over one or two ahead;
+//   - the batcher reads the Source and hands records on, a Read ahead;
+//   - the encoder turns them into encoded, compressed frames, one ahead;
 //   - run (the session's goroutine) writes those frames while the window and
 //     the bandwidth cap allow, and applies acks to the window;
 //   - the reader reads the cloud's frames and coalesces acks (they are
@@ -49,8 +49,8 @@ type batch struct {
 	raw   int    // record bytes before compression
 }
 
-// batchesAhead is how many encoded batches may wait for the window, beside
-// the one the batcher holds.
+// batchesAhead is how many Reads, and how many encoded batches, may wait
+// for the next stage, beside the one each stage holds.
 const batchesAhead = 1
 
 func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
@@ -64,12 +64,17 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 		sl.errCh <- sl.readLoop()
 	}()
 	bctx, stopBatcher := context.WithCancel(ctx)
+	read := make(chan []*syncv1.Record, batchesAhead)
 	batches := make(chan batch, batchesAhead)
-	batchErr := make(chan error, 1)
-	wg.Add(1)
+	batchErr := make(chan error, 2)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		batchErr <- sl.batcher(bctx, sl.win.Sent(), batches)
+		batchErr <- sl.batcher(bctx, sl.win.Sent(), read)
+	}()
+	go func() {
+		defer wg.Done()
+		batchErr <- sl.encoder(bctx, read, batches)
 	}()
 	// Closing the connection stops the reader, cancelling stops the
 	// batcher; waiting keeps both from outliving the session. A protocol
@@ -137,9 +142,10 @@ func (sl *sendLoop) preferPeerError(err error) error {
 	return err
 }
 
-// batcher reads the source from after on, encodes batches and hands them to
-// out in seq order until ctx ends (nil) or reading or encoding fails.
-func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- batch) error {
+// batcher reads the source from after on and hands records to out, one
+// Read's worth at a time and in seq order, until ctx ends (nil) or reading
+// fails.
+func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- []*syncv1.Record) error {
 	cfg := &sl.c.cfg
 	src := sl.c.src
 	for {
@@ -164,20 +170,39 @@ func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- batch)
 				return fmt.Errorf("source read: %w", err)
 			}
 		}
+		if last := recs[len(recs)-1].GetSeq(); last <= after {
+			return fmt.Errorf("source records out of order: seq %d after %d", last, after)
+		}
+		select {
+		case out <- recs:
+		case <-ctx.Done():
+			return nil
+		}
+		after = recs[len(recs)-1].GetSeq()
+	}
+}
+
+// encoder turns the batcher's records into frames, splitting them to fit
+// the cloud's frame limit, until in is closed or ctx ends (nil) or a record
+// cannot be sent.
+func (sl *sendLoop) encoder(ctx context.Context, in <-chan []*syncv1.Record, out chan<- batch) error {
+	for {
+		var recs []*syncv1.Record
+		select {
+		case recs = <-in:
+		case <-ctx.Done():
+			return nil
+		}
 		for len(recs) > 0 {
 			b, err := sl.encode(recs)
 			if err != nil {
 				return err
-			}
-			if b.last <= after {
-				return fmt.Errorf("source records out of order: seq %d after %d", b.last, after)
 			}
 			select {
 			case out <- b:
 			case <-ctx.Done():
 				return nil
 			}
-			after = b.last
 			recs = recs[b.count:]
 		}
 	}

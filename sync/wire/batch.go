@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -88,26 +89,39 @@ func EncodeBatch(recs []*syncv1.Record, compressAbove int) (*syncv1.Batch, int, 
 	if len(recs) > maxBatchRecords {
 		return nil, 0, fmt.Errorf("%w: %d records, limit %d", ErrInvalidBatch, len(recs), maxBatchRecords)
 	}
-	raw, err := proto.Marshal(&syncv1.RecordList{Records: recs})
-	if err != nil {
-		return nil, 0, fmt.Errorf("wire: marshal records: %w", err)
+	compress := compressAbove > 0
+	var raw []byte
+	if compress {
+		buf := rawBuffers.Get().(*[]byte)
+		raw = (*buf)[:0]
+		defer func() {
+			*buf = raw[:0]
+			rawBuffers.Put(buf)
+		}()
 	}
+	raw = appendRecordList(raw, recs)
 	b := &syncv1.Batch{
 		LastSeq:  recs[len(recs)-1].GetSeq(),
 		Encoding: syncv1.Encoding_ENCODING_NONE,
 		Records:  raw,
 		Count:    uint32(len(recs)),
 	}
-	if compressAbove > 0 && len(raw) > compressAbove {
+	if compress && len(raw) > compressAbove {
 		enc, err := encoder()
 		if err != nil {
 			return nil, 0, fmt.Errorf("wire: zstd encoder: %w", err)
 		}
 		b.Encoding = syncv1.Encoding_ENCODING_ZSTD
 		b.Records = enc.EncodeAll(raw, make([]byte, 0, len(raw)/2))
+	} else if compress {
+		b.Records = slices.Clone(raw) // raw goes back to the pool
 	}
 	return b, len(raw), nil
 }
+
+// rawBuffers holds RecordList encodings that are compressed, and so not
+// kept: a drain encodes one per batch.
+var rawBuffers = sync.Pool{New: func() any { return new([]byte) }}
 
 // decoders holds synchronous (concurrency 1) zstd decoders: they start no
 // goroutines, so an idle pooled decoder costs only memory.
