@@ -151,9 +151,9 @@ from: latest
 	}
 }
 
-// FuzzParseSubscription feeds untrusted API bodies to the JSON decoder and
-// validator: errors are fine, panics are not, and whatever validates must
-// compile.
+// FuzzParseSubscription feeds untrusted API bodies and config files to the
+// JSON and YAML decoders and the validator: errors are fine, panics are not,
+// and whatever validates must compile.
 func FuzzParseSubscription(f *testing.F) {
 	for _, s := range []string{
 		`{"id":"a","sink":"http://127.0.0.1/"}`,
@@ -163,16 +163,19 @@ func FuzzParseSubscription(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
+	f.Add([]byte("id: a\nsink: http://h/\nfilters:\n  - not: {sql: 'a.b'}\nretry: {max_age: 1h}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		s, err := ParseJSON(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidSubscription) {
-				t.Fatalf("error not ErrInvalidSubscription: %v", err)
+		for _, parse := range []func([]byte) (Subscription, error){ParseJSON, ParseYAML} {
+			s, err := parse(b)
+			if err != nil {
+				if !errors.Is(err, ErrInvalidSubscription) {
+					t.Fatalf("error not ErrInvalidSubscription: %v", err)
+				}
+				continue
 			}
-			return
-		}
-		if _, err := s.compile(); err != nil {
-			t.Fatalf("validated but does not compile: %v", err)
+			if _, err := s.compile(); err != nil {
+				t.Fatalf("validated but does not compile: %v", err)
+			}
 		}
 	})
 }
