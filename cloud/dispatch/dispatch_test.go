@@ -558,3 +558,43 @@ func TestAttemptTimeout(t *testing.T) {
 		}
 	}
 }
+
+// TestStuckPartitionDoesNotStallOtherLanes: one device's events keep
+// failing and its lane waits to retry; the other lanes of the same
+// subscription deliver everything else (within MaxPending).
+func TestStuckPartitionDoesNotStallOtherLanes(t *testing.T) {
+	const n, devices, lanes = 2000, 8, 4
+	lg := commitlog.NewMemory(nil)
+	fillLog(t, lg, n, devices)
+	s := newSink(t, func(e *event.Event, _ int) (int, http.Header) {
+		if extString(t, e, "partitionkey") == "dev-0" {
+			return http.StatusServiceUnavailable, nil
+		}
+		return http.StatusOK, nil
+	})
+	stuck := laneOf("dev-0", lanes)
+	want := 0
+	for i := range n {
+		if laneOf(laneKey(makeEvent(i, devices)), lanes) != stuck {
+			want++
+		}
+	}
+	if want == 0 || want == n {
+		t.Fatalf("bad test setup: %d of %d events outside the stuck lane", want, n)
+	}
+	// Retry waits never end: the stuck lane holds its first event for good.
+	never := func(time.Duration) <-chan time.Time { return nil }
+	d := mustNew(t, lg, t.TempDir(), Options{After: never})
+	if err := d.Add(Subscription{ID: "stuck", Sink: s.URL, Parallelism: lanes}); err != nil {
+		t.Fatal(err)
+	}
+	stop := started(t, d)
+	waitFor(t, "every event outside the stuck lane", func() bool { return s.delivered() == want })
+	st, _ := d.Stats("stuck")
+	if st.LowWater != 0 || st.InFlight != 1 || st.Delivered != uint64(want) {
+		t.Fatalf("stats %+v: the cursor must wait at offset 0 (dev-0's first event)", st)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

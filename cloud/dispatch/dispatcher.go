@@ -71,13 +71,12 @@ type Options struct {
 	// since the last write. Zero means 1000.
 	FlushEvery int
 	// MaxPending bounds how far (in offsets) a subscription's reader may run
-	// ahead of its cursor, which bounds memory and the redelivery after a
-	// crash; a lane stuck in retries stalls its subscription's other lanes
-	// after this many offsets. Zero means 65536.
+	// ahead of its cursor. That bounds the events held in memory (each
+	// decoded event waiting in a lane) and the redelivery after a crash. A
+	// lane stuck in retries holds the cursor, so the subscription's other
+	// lanes stall once they are this many offsets ahead of it.
+	// Zero means 16384.
 	MaxPending int
-	// LaneBuffer is the number of events queued per lane (per subscription
-	// in unordered mode). Zero means 128.
-	LaneBuffer int
 	// ReadBatch is the number of records a reader takes from the log at a
 	// time. Zero means 256.
 	ReadBatch int
@@ -100,10 +99,7 @@ func (o Options) withDefaults() Options {
 		o.FlushEvery = 1000
 	}
 	if o.MaxPending <= 0 {
-		o.MaxPending = 1 << 16
-	}
-	if o.LaneBuffer <= 0 {
-		o.LaneBuffer = 128
+		o.MaxPending = 1 << 14
 	}
 	if o.ReadBatch <= 0 {
 		o.ReadBatch = 256

@@ -238,12 +238,12 @@ func (r *runner) run(ctx context.Context) error {
 	var wg sync.WaitGroup
 
 	n := r.c.parallelism
-	queues := make([]chan item, 1)
+	queues := make([]*queue, 1)
 	if r.c.ordered {
-		queues = make([]chan item, n)
+		queues = make([]*queue, n)
 	}
 	for i := range queues {
-		queues[i] = make(chan item, r.d.opts.LaneBuffer)
+		queues[i] = newQueue()
 	}
 	for i := range n {
 		q, producer := queues[0], ""
@@ -280,7 +280,7 @@ func (r *runner) run(ctx context.Context) error {
 
 // read feeds records to the lanes in log order until ctx ends (nil) or the
 // log fails (its error).
-func (r *runner) read(ctx context.Context, queues []chan item) error {
+func (r *runner) read(ctx context.Context, queues []*queue) error {
 	lg := r.d.log
 	next := r.track.lowWater()
 	for {
@@ -333,26 +333,24 @@ func (r *runner) read(ctx context.Context, queues []chan item) error {
 			}
 			next++
 			r.stats.readOffset.Store(next)
-			if !r.route(ctx, rec, queues) {
-				return nil
-			}
+			r.route(rec, queues)
 		}
 	}
 }
 
 // route completes records the subscription does not want and queues the
-// others to their lane. It returns false if ctx ended.
-func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []chan item) bool {
+// others to their lane.
+func (r *runner) route(rec commitlog.Record, queues []*queue) {
 	if strings.HasPrefix(rec.Topic, "$") {
 		r.complete(rec.Offset)
-		return true
+		return
 	}
 	it := item{rec: rec}
 	it.ev, it.decodeErr = decodeEvent(rec.Value)
 	if it.decodeErr == nil && !r.c.matcher.Match(it.ev) {
 		r.stats.filtered.Add(1)
 		r.complete(rec.Offset)
-		return true
+		return
 	}
 	q := queues[0]
 	if len(queues) > 1 {
@@ -362,12 +360,7 @@ func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []chan 
 		}
 		q = queues[laneOf(key, len(queues))]
 	}
-	select {
-	case q <- it:
-		return true
-	case <-ctx.Done():
-		return false
-	}
+	q.push(it)
 }
 
 func (r *runner) complete(off uint64) {
@@ -383,21 +376,20 @@ func (r *runner) complete(off uint64) {
 }
 
 // lane delivers the items of one queue, one at a time, in order.
-func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q <-chan item, producer string) {
+func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q *queue, producer string) {
 	for {
-		select {
-		case <-ctx.Done():
+		it, ok := q.pop(ctx)
+		if !ok {
 			return
-		case it := <-q:
-			r.stats.inFlight.Add(1)
-			err := r.handle(ctx, it, producer)
-			r.stats.inFlight.Add(-1)
-			if err != nil {
-				if ctx.Err() == nil {
-					fail(err)
-				}
-				return
+		}
+		r.stats.inFlight.Add(1)
+		err := r.handle(ctx, it, producer)
+		r.stats.inFlight.Add(-1)
+		if err != nil {
+			if ctx.Err() == nil {
+				fail(err)
 			}
+			return
 		}
 	}
 }
