@@ -23,6 +23,34 @@
 // checkpoints run PASSIVE on their own connection and goroutine, which WAL
 // allows concurrently with the writer.
 //
+// # Quota, overflow and expiry
+//
+// Options.QuotaBytes bounds what the outbox holds, counted per record as
+// Message.StoredSize. Each priority class (Message.Priority, 0 = highest)
+// has an overflow policy. RejectNew, the default, never deletes a record of
+// its class to make room: a message that does not fit is refused with
+// ErrQuotaExceeded (the broker answers MQTT 5 reason code 0x97), so no
+// message acknowledged to a device is ever lost. DropOldest, opt-in, lets
+// the class's oldest records be deleted to make room for messages of the same
+// or a higher class. To fit a message of class c the writer drops records of
+// DropOldest classes numbered c or more, the lowest-priority class first and
+// oldest first within it, and never a record of a higher class for a lower
+// one. The decision and the deletions happen inside the group's commit
+// transaction, so the quota holds exactly at every commit. Options.TTL
+// (per class: ClassPolicy.TTL) deletes records that waited longer than it,
+// first in first out within a class. Every refusal and deletion is counted
+// per class in Stats. The held bytes are recounted from the database at
+// Open, so the accounting survives restarts and crashes. policy.go and
+// expire.go explain the choices.
+//
+// A full disk refuses the group being committed with ErrDiskFull whatever
+// the policy; SQLite rolls the transaction back, so the database is never
+// left half-written, and appends succeed again once space returns.
+//
+// Records deleted before the cloud acknowledged them leave gaps in the
+// sequence; Read skips them, and the sync protocol allows gaps (sequences
+// strictly increase, they need not be contiguous).
+//
 // # Goroutines and locks
 //
 //   - the writer (run): the only user of wdb; commits groups (enforcing the

@@ -8,7 +8,7 @@ import (
 	"time"
 )
 
-// # Quota and overflow
+// Quota and overflow.
 //
 // Options.QuotaBytes bounds the sum of Message.StoredSize over the records
 // held. The writer enforces it while it builds each group commit, inside the
@@ -54,8 +54,8 @@ import (
 // from the front of a class keeps what remains in order).
 
 // Overflow is a priority class's overflow policy: what happens when a
-// message does not fit in Options.QuotaBytes. See the package
-// documentation above for the full rule.
+// message does not fit in Options.QuotaBytes. The package documentation
+// ("Quota, overflow and expiry") states the full rule.
 type Overflow string
 
 const (
