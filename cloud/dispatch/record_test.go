@@ -111,21 +111,26 @@ func TestTracker(t *testing.T) {
 	if err := tr.issue(short, 14); err == nil {
 		t.Fatal("issue beyond the window did not wait")
 	}
-	if tr.complete(12) || tr.complete(13) || tr.lowWater() != 10 {
+	if m, _ := tr.complete(12); m {
+		t.Fatal("completing 12 before 10 moved the mark")
+	}
+	if m, _ := tr.complete(13); m || tr.lowWater() != 10 {
 		t.Fatalf("out-of-order completions moved the mark to %d", tr.lowWater())
 	}
 	issued := make(chan error)
 	go func() { issued <- tr.issue(ctx, 14) }()
-	if !tr.complete(10) || tr.lowWater() != 11 {
+	if m, b := tr.complete(10); !m || b != 11 || tr.lowWater() != 11 {
 		t.Fatalf("low water %d, want 11", tr.lowWater())
 	}
 	if err := <-issued; err != nil {
 		t.Fatal(err)
 	}
-	if !tr.complete(11) || tr.lowWater() != 14 {
+	if m, b := tr.complete(11); !m || b != 14 {
 		t.Fatalf("low water %d, want 14 (11 then the completed 12, 13)", tr.lowWater())
 	}
-	if tr.complete(11) || tr.complete(99) {
+	m1, _ := tr.complete(11)
+	m2, _ := tr.complete(99)
+	if m1 || m2 {
 		t.Fatal("completing an old or unissued offset moved the mark")
 	}
 	if tr.idle() {

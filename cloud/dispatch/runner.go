@@ -296,6 +296,7 @@ func (r *runner) read(ctx context.Context, queues []*queue) error {
 				r.log.Warn("records removed by retention before delivery", "from", next, "to", first)
 				r.stats.skipped.Add(first - next)
 				r.track.reset(first)
+				storeMax(&r.stats.lowWater, first)
 				next = first
 				r.stats.readOffset.Store(next)
 			}
@@ -326,6 +327,7 @@ func (r *runner) read(ctx context.Context, queues []*queue) error {
 				}
 				r.stats.skipped.Add(rec.Offset - next)
 				r.track.reset(rec.Offset)
+				storeMax(&r.stats.lowWater, rec.Offset)
 				next = rec.Offset
 			}
 			if r.track.issue(ctx, next) != nil {
@@ -364,8 +366,8 @@ func (r *runner) route(rec commitlog.Record, queues []*queue) {
 }
 
 func (r *runner) complete(off uint64) {
-	if r.track.complete(off) {
-		r.stats.lowWater.Store(r.track.lowWater())
+	if moved, base := r.track.complete(off); moved {
+		storeMax(&r.stats.lowWater, base) // completions race; the mark only grows
 	}
 	if r.sinceFlush.Add(1) >= int64(r.d.opts.FlushEvery) {
 		select {
@@ -508,3 +510,12 @@ func (r *runner) flush() {
 }
 
 func randFloat() float64 { return rand.Float64() }
+
+func storeMax(a *atomic.Uint64, v uint64) {
+	for {
+		old := a.Load()
+		if v <= old || a.CompareAndSwap(old, v) {
+			return
+		}
+	}
+}

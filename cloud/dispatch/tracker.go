@@ -53,12 +53,12 @@ func (t *tracker) issue(ctx context.Context, off uint64) error {
 }
 
 // complete marks off done and advances the low-water mark over every
-// contiguous completed offset. It returns true if the mark moved.
-func (t *tracker) complete(off uint64) bool {
+// contiguous completed offset. It returns true and the new mark if it moved.
+func (t *tracker) complete(off uint64) (bool, uint64) {
 	t.mu.Lock()
 	if off < t.base || off >= t.next {
 		t.mu.Unlock()
-		return false
+		return false, 0
 	}
 	n := uint64(len(t.done))
 	t.done[off%n] = true
@@ -68,6 +68,7 @@ func (t *tracker) complete(off uint64) bool {
 		t.base++
 		moved = true
 	}
+	base := t.base
 	t.mu.Unlock()
 	if moved {
 		select {
@@ -75,7 +76,7 @@ func (t *tracker) complete(off uint64) bool {
 		default:
 		}
 	}
-	return moved
+	return moved, base
 }
 
 // idle reports whether every issued offset is completed.
