@@ -1,10 +1,8 @@
 package wire
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sync"
 
@@ -163,32 +161,29 @@ func DecodeBatch(b *syncv1.Batch, maxDecoded int) ([]*syncv1.Record, error) {
 	return recs, nil
 }
 
+// decompress decodes data, a zstd stream, into a new buffer. The size
+// limit holds while decoding (zstd checks it per block), so a bomb costs at
+// most maxDecoded bytes; a frame that announces its size is decoded into a
+// buffer of that size at once.
 func decompress(data []byte, maxDecoded int) ([]byte, error) {
 	d, err := getDecoder()
 	if err != nil {
 		return nil, fmt.Errorf("wire: zstd decoder: %w", err)
 	}
-	window := uint64(maxDecoded)
-	if window < zstd.MinWindowSize {
-		window = zstd.MinWindowSize
+	defer decoders.Put(d)
+	window := uint64(max(maxDecoded, zstd.MinWindowSize))
+	if err := d.ResetWithOptions(nil, zstd.WithDecoderMaxWindow(window), zstd.WithDecoderMaxMemory(uint64(maxDecoded))); err != nil {
+		return nil, fmt.Errorf("wire: zstd decoder: %w", err)
 	}
-	if err := d.ResetWithOptions(bytes.NewReader(data), zstd.WithDecoderMaxWindow(window), zstd.WithDecoderMaxMemory(window)); err != nil {
-		return nil, fmt.Errorf("%w: zstd: %w", ErrMalformed, err)
-	}
-	defer func() {
-		_ = d.Reset(nil)
-		decoders.Put(d)
-	}()
-	var out bytes.Buffer
-	n, err := out.ReadFrom(io.LimitReader(d, int64(maxDecoded)+1))
+	out, err := d.DecodeAll(data, nil)
 	if err != nil {
 		if errors.Is(err, zstd.ErrWindowSizeExceeded) || errors.Is(err, zstd.ErrDecoderSizeExceeded) {
 			return nil, fmt.Errorf("%w: %w", ErrDecodedTooLarge, err)
 		}
 		return nil, fmt.Errorf("%w: zstd: %w", ErrMalformed, err)
 	}
-	if n > int64(maxDecoded) {
+	if len(out) > maxDecoded {
 		return nil, fmt.Errorf("%w: above %d bytes", ErrDecodedTooLarge, maxDecoded)
 	}
-	return out.Bytes(), nil
+	return out, nil
 }

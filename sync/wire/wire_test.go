@@ -191,6 +191,27 @@ func zstdBytes(t testing.TB, b []byte) []byte {
 	return enc.EncodeAll(b, nil)
 }
 
+// zstdStream compresses b as a stream, whose frame does not announce its
+// decoded size.
+func zstdStream(t testing.TB, b []byte) []byte {
+	var buf bytes.Buffer
+	enc, err := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enc.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var h zstd.Header
+	if err := h.Decode(buf.Bytes()); err != nil || h.HasFCS {
+		t.Fatalf("stream frame header %+v, %v: want no content size", h, err)
+	}
+	return buf.Bytes()
+}
+
 func TestDecodeBatchRejects(t *testing.T) {
 	valid := rawBatch(t, recs(1, 3), 3, 3)
 	bomb := make([]byte, 8<<20) // zeros: compresses to a few hundred bytes
@@ -213,6 +234,7 @@ func TestDecodeBatchRejects(t *testing.T) {
 		{"garbage zstd", &syncv1.Batch{LastSeq: 3, Count: 3, Encoding: syncv1.Encoding_ENCODING_ZSTD, Records: []byte("not zstd")}, 0, ErrMalformed},
 		{"plain above limit", valid, len(valid.Records) - 1, ErrDecodedTooLarge},
 		{"zip bomb", &syncv1.Batch{LastSeq: 1, Count: 1, Encoding: syncv1.Encoding_ENCODING_ZSTD, Records: zstdBytes(t, list)}, 1 << 20, ErrDecodedTooLarge},
+		{"zip bomb of unknown size", &syncv1.Batch{LastSeq: 1, Count: 1, Encoding: syncv1.Encoding_ENCODING_ZSTD, Records: zstdStream(t, list)}, 1 << 20, ErrDecodedTooLarge},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -225,5 +247,8 @@ func TestDecodeBatchRejects(t *testing.T) {
 	// rejection above is the limit's doing.
 	if _, err := DecodeBatch(&syncv1.Batch{LastSeq: 1, Count: 1, Encoding: syncv1.Encoding_ENCODING_ZSTD, Records: zstdBytes(t, list)}, 16<<20); err != nil {
 		t.Fatalf("bomb under a large limit: %v", err)
+	}
+	if _, err := DecodeBatch(&syncv1.Batch{LastSeq: 1, Count: 1, Encoding: syncv1.Encoding_ENCODING_ZSTD, Records: zstdStream(t, list)}, 16<<20); err != nil {
+		t.Fatalf("bomb of unknown size under a large limit: %v", err)
 	}
 }
