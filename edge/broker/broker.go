@@ -211,7 +211,7 @@ func (b *Broker) Start() error {
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
-		Logger:                 b.log.With("component", "mochi"),
+		Logger:                 slog.New(mochiHandler{inner: b.log.Handler()}).With("component", "mochi"),
 		InlineClient:           true,
 		SysTopicResendInterval: 10,
 	})
