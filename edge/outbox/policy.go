@@ -17,7 +17,8 @@ import (
 // Deletions and inserts then commit together, so the quota holds exactly at
 // every commit, however many clients append at once, and a failed commit
 // (ErrDiskFull) changes nothing: every message of that group gets the
-// commit's error and no counter moves.
+// commit's error, nothing is dropped, and only FailedGroups and FailedRows
+// count it.
 //
 // Each priority class has an overflow policy, which says whether the class's
 // own records may be deleted to make room:
