@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tributary-io/tributary/edge/broker"
+	"github.com/tributary-io/tributary/edge/outbox"
 )
 
 // Config is the gateway's whole configuration: the YAML file given to
@@ -49,6 +50,30 @@ type OutboxConfig struct {
 	// QueueLimit is how many messages may wait for the commit before
 	// publishers are slowed down. 0 means 10000.
 	QueueLimit int `yaml:"queue_limit"`
+	// QuotaBytes bounds what the outbox holds while the cloud is
+	// unreachable (payload, topic, ids and 64 bytes of overhead a record).
+	// 0 (the zero value): no quota, the disk is the limit.
+	QuotaBytes int64 `yaml:"quota_bytes"`
+	// Overflow is what a full quota does: reject-new (refuse the publish:
+	// MQTT 5 reason 0x97, MQTT 3.1.1 disconnect; nothing acknowledged is
+	// ever lost) or drop-oldest (delete the oldest records of this or a
+	// lower-priority drop-oldest class, counted). "" means reject-new.
+	Overflow string `yaml:"overflow"`
+	// TTL deletes records older than this that the cloud has not taken,
+	// counted as expired. 0 (the zero value): records never expire.
+	TTL time.Duration `yaml:"ttl"`
+	// Classes overrides overflow and ttl per priority class (the forwarding
+	// rules' priority; 0 is the highest). Empty: every class uses the
+	// settings above.
+	Classes map[uint8]ClassConfig `yaml:"classes"`
+}
+
+// ClassConfig is one priority class's outbox policy.
+type ClassConfig struct {
+	// Overflow: reject-new or drop-oldest. "" means outbox.overflow.
+	Overflow string `yaml:"overflow"`
+	// TTL: 0 means outbox.ttl; negative means never expire.
+	TTL time.Duration `yaml:"ttl"`
 }
 
 // CloudConfig is the link to the cloud.
@@ -145,6 +170,20 @@ func (c Config) Validate() error {
 	if c.Outbox.QueueLimit < 0 {
 		return bad("outbox.queue_limit", "%d is negative", c.Outbox.QueueLimit)
 	}
+	if c.Outbox.QuotaBytes < 0 {
+		return bad("outbox.quota_bytes", "%d is negative", c.Outbox.QuotaBytes)
+	}
+	if c.Outbox.TTL < 0 {
+		return bad("outbox.ttl", "%v is negative", c.Outbox.TTL)
+	}
+	if err := validOverflow(c.Outbox.Overflow); err != nil {
+		return bad("outbox.overflow", "%v", err)
+	}
+	for p, cl := range c.Outbox.Classes {
+		if err := validOverflow(cl.Overflow); err != nil {
+			return bad(fmt.Sprintf("outbox.classes.%d.overflow", p), "%v", err)
+		}
+	}
 	cl := c.Cloud
 	if cl.Address == "" {
 		return bad("cloud.address", "required (host:port of the cloud's sync endpoint)")
@@ -163,4 +202,31 @@ func (c Config) Validate() error {
 		return bad("cloud", "window, max_batch_bytes and linger must not be negative")
 	}
 	return nil
+}
+
+func validOverflow(s string) error {
+	switch s {
+	case "", string(outbox.RejectNew), string(outbox.DropOldest):
+		return nil
+	}
+	return fmt.Errorf("%q is not %s or %s", s, outbox.RejectNew, outbox.DropOldest)
+}
+
+// outboxOptions maps the outbox section to outbox.Options.
+func (c OutboxConfig) options() outbox.Options {
+	o := outbox.Options{
+		Synchronous:  c.Synchronous,
+		MaxBatchRows: c.MaxBatchRows,
+		QueueLimit:   c.QueueLimit,
+		QuotaBytes:   c.QuotaBytes,
+		Overflow:     outbox.Overflow(c.Overflow),
+		TTL:          c.TTL,
+	}
+	if len(c.Classes) > 0 {
+		o.Classes = make(map[uint8]outbox.ClassPolicy, len(c.Classes))
+		for p, cl := range c.Classes {
+			o.Classes[p] = outbox.ClassPolicy{Overflow: outbox.Overflow(cl.Overflow), TTL: cl.TTL}
+		}
+	}
+	return o
 }

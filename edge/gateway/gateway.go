@@ -57,12 +57,9 @@ func New(cfg Config, logger *slog.Logger) (*Gateway, error) {
 	}
 	g.id = id
 
-	ob, err := outbox.Open(filepath.Join(g.dataDir, "outbox.db"), outbox.Options{
-		Synchronous:  cfg.Outbox.Synchronous,
-		MaxBatchRows: cfg.Outbox.MaxBatchRows,
-		QueueLimit:   cfg.Outbox.QueueLimit,
-		Logger:       logger.With("part", "outbox"),
-	})
+	obOpts := cfg.Outbox.options()
+	obOpts.Logger = logger.With("part", "outbox")
+	ob, err := outbox.Open(filepath.Join(g.dataDir, "outbox.db"), obOpts)
 	if err != nil {
 		return nil, fmt.Errorf("open outbox: %w", err)
 	}

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/tributary-io/tributary/edge/outbox"
 	"github.com/tributary-io/tributary/sync/link"
 )
 
@@ -24,8 +26,10 @@ type metricsServer struct {
 // collector exposes Gateway.Stats as Prometheus metrics, read at scrape
 // time so the hot paths keep plain atomic counters.
 type collector struct {
-	g     *Gateway
-	descs map[string]*prometheus.Desc
+	g        *Gateway
+	descs    map[string]*prometheus.Desc
+	rejected *prometheus.Desc // by priority
+	dropped  *prometheus.Desc // by priority and reason
 }
 
 var metricDefs = []struct {
@@ -42,6 +46,7 @@ var metricDefs = []struct {
 	{"tributary_edge_mqtt_local_dropped_total", "Messages mochi dropped on the way to local subscribers.", true, func(s Stats) float64 { return float64(s.Broker.LocalDropped) }},
 	{"tributary_edge_outbox_records", "Records held in the outbox (not yet acknowledged by the cloud).", false, func(s Stats) float64 { return float64(s.Outbox.Records) }},
 	{"tributary_edge_outbox_payload_bytes", "Payload bytes held in the outbox.", false, func(s Stats) float64 { return float64(s.Outbox.PayloadBytes) }},
+	{"tributary_edge_outbox_quota_used_bytes", "Bytes held as the quota counts them.", false, func(s Stats) float64 { return float64(s.Outbox.Bytes) }},
 	{"tributary_edge_outbox_last_seq", "Highest outbox sequence committed.", false, func(s Stats) float64 { return float64(s.Outbox.LastSeq) }},
 	{"tributary_edge_outbox_acked_seq", "Highest outbox sequence the cloud acknowledged.", false, func(s Stats) float64 { return float64(s.Outbox.AckedSeq) }},
 	{"tributary_edge_outbox_commits_total", "Group commits.", true, func(s Stats) float64 { return float64(s.Outbox.CommittedGroups) }},
@@ -53,6 +58,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range c.descs {
 		ch <- d
 	}
+	ch <- c.rejected
+	ch <- c.dropped
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -65,6 +72,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.descs[m.name], t, m.get(s))
 	}
 	ch <- prometheus.MustNewConstMetric(c.descs["tributary_edge_link_connected"], prometheus.GaugeValue, b2f(s.Link.State == link.Connected))
+	for _, cl := range s.Outbox.Classes {
+		p := strconv.Itoa(int(cl.Priority))
+		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(cl.Rejected), p)
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.DroppedOldest), p, outbox.DropReasonQuota)
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.Expired), p, outbox.DropReasonExpired)
+	}
 }
 
 func b2f(b bool) float64 {
@@ -81,6 +94,8 @@ func startMetrics(addr string, g *Gateway) (*metricsServer, error) {
 		c.descs[m.name] = prometheus.NewDesc(m.name, m.help, nil, labels)
 	}
 	c.descs["tributary_edge_link_connected"] = prometheus.NewDesc("tributary_edge_link_connected", "1 while the link to the cloud is up.", nil, labels)
+	c.rejected = prometheus.NewDesc("tributary_edge_outbox_rejected_total", "Publishes refused because the outbox quota was full (reject-new).", []string{"priority"}, labels)
+	c.dropped = prometheus.NewDesc("tributary_edge_outbox_dropped_total", "Records deleted before the cloud took them, by configured policy.", []string{"priority", "reason"}, labels)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()
