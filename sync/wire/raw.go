@@ -21,9 +21,11 @@ type RawRecord struct {
 	// Event is the record's CloudEvent, protobuf-encoded. It aliases the
 	// batch's decoded buffer, which is never reused: the caller owns it.
 	Event []byte
-	// ID, Source and Type are the event's (never empty); Subject is its
-	// "subject" attribute when that is a string, else "".
-	ID, Source, Type, Subject string
+	// ID, Source and Type are the event's (never empty); they alias Event.
+	ID, Source, Type []byte
+	// Subject is the event's "subject" attribute when that is a string,
+	// else "".
+	Subject string
 }
 
 // Field numbers of proto/sync/v1 Record, RecordList and of the CloudEvents
@@ -121,11 +123,11 @@ func DecodeBatchRaw(b *syncv1.Batch, maxDecoded int) ([]RawRecord, error) {
 			return nil, fmt.Errorf("%w: record %d has seq %d, not above %d", ErrInvalidBatch, i, r.Seq, prev)
 		case r.Event == nil:
 			return nil, fmt.Errorf("%w: record seq %d has no event", ErrInvalidBatch, r.Seq)
-		case r.ID == "":
+		case len(r.ID) == 0:
 			return nil, fmt.Errorf("%w: record seq %d: event has no id", ErrInvalidBatch, r.Seq)
-		case r.Source == "":
+		case len(r.Source) == 0:
 			return nil, fmt.Errorf("%w: record seq %d: event has no source", ErrInvalidBatch, r.Seq)
-		case r.Type == "":
+		case len(r.Type) == 0:
 			return nil, fmt.Errorf("%w: record seq %d: event has no type", ErrInvalidBatch, r.Seq)
 		}
 		prev = r.Seq
@@ -234,16 +236,17 @@ func (s *fieldScanner) bytes() ([]byte, error) {
 	return v, nil
 }
 
-// str reads a proto3 string field, which must be valid UTF-8.
-func (s *fieldScanner) str(num protowire.Number) (string, error) {
+// str reads a proto3 string field, which must be valid UTF-8. The bytes
+// alias the message.
+func (s *fieldScanner) str(num protowire.Number) ([]byte, error) {
 	v, err := s.bytes()
 	if err != nil {
-		return "", err
+		return nil, err
 	}
 	if !utf8.Valid(v) {
-		return "", fmt.Errorf("field %d: invalid UTF-8", num)
+		return nil, fmt.Errorf("field %d: invalid UTF-8", num)
 	}
-	return string(v), nil
+	return v, nil
 }
 
 func scanRecord(b []byte) (RawRecord, error) {
@@ -328,10 +331,10 @@ func scanEvent(b []byte, r *RawRecord) error {
 			if err != nil {
 				return fmt.Errorf("attribute: %w", err)
 			}
-			if key == "subject" { // a later entry for a key replaces an earlier one
+			if string(key) == "subject" { // a later entry for a key replaces an earlier one
 				r.Subject = ""
 				if isString {
-					r.Subject = subject
+					r.Subject = string(subject)
 				}
 			}
 		case fieldEvBinaryData:
@@ -369,7 +372,7 @@ func scanEvent(b []byte, r *RawRecord) error {
 
 // scanAttribute checks one attributes map entry and returns its key and,
 // if its value is a ce_string, that string.
-func scanAttribute(b []byte) (key, str string, isString bool, err error) {
+func scanAttribute(b []byte) (key, str []byte, isString bool, err error) {
 	s := fieldScanner{b: b}
 	for {
 		num, typ, ok, err := s.next()
@@ -379,25 +382,25 @@ func scanAttribute(b []byte) (key, str string, isString bool, err error) {
 		switch num {
 		case fieldEntryKey:
 			if err := s.known(num, typ, protowire.BytesType); err != nil {
-				return "", "", false, err
+				return nil, nil, false, err
 			}
 			if key, err = s.str(num); err != nil {
-				return "", "", false, err
+				return nil, nil, false, err
 			}
 		case fieldEntryValue:
 			if err := s.known(num, typ, protowire.BytesType); err != nil {
-				return "", "", false, err
+				return nil, nil, false, err
 			}
 			v, err := s.bytes()
 			if err != nil {
-				return "", "", false, err
+				return nil, nil, false, err
 			}
 			if str, isString, err = scanAttrValue(v); err != nil {
-				return "", "", false, fmt.Errorf("value: %w", err)
+				return nil, nil, false, fmt.Errorf("value: %w", err)
 			}
 		default:
 			if err := s.skip(num, typ); err != nil {
-				return "", "", false, err
+				return nil, nil, false, err
 			}
 		}
 	}
@@ -405,7 +408,7 @@ func scanAttribute(b []byte) (key, str string, isString bool, err error) {
 
 // scanAttrValue checks a CloudEventAttributeValue: at most one of its oneof
 // fields.
-func scanAttrValue(b []byte) (str string, isString bool, err error) {
+func scanAttrValue(b []byte) (str []byte, isString bool, err error) {
 	s := fieldScanner{b: b}
 	set := false
 	for {
@@ -416,48 +419,48 @@ func scanAttrValue(b []byte) (str string, isString bool, err error) {
 		switch num {
 		case fieldAttrBoolean, fieldAttrInteger:
 			if err := s.known(num, typ, protowire.VarintType); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			if _, err := s.varint(); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 		case fieldAttrString, fieldAttrURI, fieldAttrURIRef:
 			if err := s.known(num, typ, protowire.BytesType); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			v, err := s.str(num)
 			if err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			if num == fieldAttrString {
 				str, isString = v, true
 			}
 		case fieldAttrBytes:
 			if err := s.known(num, typ, protowire.BytesType); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			if _, err := s.bytes(); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 		case fieldAttrTimestamp:
 			if err := s.known(num, typ, protowire.BytesType); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			v, err := s.bytes()
 			if err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			if err := scanTimestamp(v); err != nil {
-				return "", false, fmt.Errorf("ce_timestamp: %w", err)
+				return nil, false, fmt.Errorf("ce_timestamp: %w", err)
 			}
 		default:
 			if err := s.skip(num, typ); err != nil {
-				return "", false, err
+				return nil, false, err
 			}
 			continue
 		}
 		if set {
-			return "", false, fmt.Errorf("more than one value")
+			return nil, false, fmt.Errorf("more than one value")
 		}
 		set = true
 	}

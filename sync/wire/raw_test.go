@@ -61,7 +61,7 @@ func checkRawAgainst(t testing.TB, raw []RawRecord, full []*syncv1.Record) {
 			t.Fatalf("record %d: seq/priority %d/%d, want %d/%d", i, r.Seq, r.Priority, f.GetSeq(), f.GetPriority())
 		case !proto.Equal(&ev, f.GetEvent()):
 			t.Fatalf("record %d: event %v, want %v", i, &ev, f.GetEvent())
-		case r.ID != f.GetEvent().GetId() || r.Source != f.GetEvent().GetSource() || r.Type != f.GetEvent().GetType():
+		case string(r.ID) != f.GetEvent().GetId() || string(r.Source) != f.GetEvent().GetSource() || string(r.Type) != f.GetEvent().GetType():
 			t.Fatalf("record %d: id/source/type %q %q %q, want %v", i, r.ID, r.Source, r.Type, f.GetEvent())
 		case r.Subject != f.GetEvent().GetAttributes()["subject"].GetCeString():
 			t.Fatalf("record %d: subject %q, want %q", i, r.Subject, f.GetEvent().GetAttributes()["subject"].GetCeString())
