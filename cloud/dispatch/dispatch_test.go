@@ -544,7 +544,8 @@ func TestAttemptTimeout(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := started(t, d)
-	waitFor(t, "delivered on the second attempt", func() bool { return s.count("ev-0") == 1 })
+	// Wait on the dispatcher's count: the sink counts before its answer arrives.
+	waitFor(t, "delivered on the second attempt", func() bool { st, _ := d.Stats("to"); return st.Delivered == 1 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -589,7 +590,10 @@ func TestStuckPartitionDoesNotStallOtherLanes(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop := started(t, d)
-	waitFor(t, "every event outside the stuck lane", func() bool { return s.delivered() == want })
+	waitFor(t, "every event outside the stuck lane", func() bool {
+		st, _ := d.Stats("stuck")
+		return s.delivered() == want && st.Delivered == uint64(want)
+	})
 	st, _ := d.Stats("stuck")
 	if st.LowWater != 0 || st.InFlight != 1 || st.Delivered != uint64(want) {
 		t.Fatalf("stats %+v: the cursor must wait at offset 0 (dev-0's first event)", st)

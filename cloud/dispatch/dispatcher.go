@@ -16,9 +16,12 @@
 //
 // Goroutines and locks: Dispatcher.mu guards the subscription table and the
 // run state, and is never held while waiting for a runner to stop. Each
-// runner owns a reader goroutine, its lane goroutines and a cursor flusher;
-// everything they share goes through the tracker (its own mutex), atomics,
-// and runner.mu (last error only).
+// runner owns a reader goroutine, its lane goroutines and a cursor flusher.
+// The reader hands events to the lanes through queues (one per ordered lane,
+// one shared by the unordered workers), each with its own mutex; completions
+// go to the tracker (its own mutex), which computes the cursor; counters are
+// atomics, the last error sits under counters.mu, and runner.mu only guards
+// starting and stopping. No goroutine holds two of these locks at once.
 package dispatch
 
 import (

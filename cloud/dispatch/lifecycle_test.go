@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -458,5 +459,82 @@ func TestUpdateAndRemoveAtRuntime(t *testing.T) {
 	}
 	if err := d.Run(t.Context()); !errors.Is(err, ErrStopped) {
 		t.Fatalf("second Run = %v", err)
+	}
+}
+
+// flakyLog fails the first appends with a transient error and refuses large
+// records, like a file log would.
+type flakyLog struct {
+	*commitlog.Memory
+	mu       sync.Mutex
+	failures int // appends still to fail
+	maxValue int
+}
+
+func (l *flakyLog) Append(ctx context.Context, recs []commitlog.Record) (commitlog.AppendResult, error) {
+	l.mu.Lock()
+	if l.failures > 0 {
+		l.failures--
+		l.mu.Unlock()
+		return commitlog.AppendResult{}, errors.New("disk hiccup")
+	}
+	l.mu.Unlock()
+	for _, r := range recs {
+		if len(r.Value) > l.maxValue {
+			return commitlog.AppendResult{}, fmt.Errorf("record of %d bytes: %w", len(r.Value), commitlog.ErrTooLarge)
+		}
+	}
+	return l.Memory.Append(ctx, recs)
+}
+
+// TestDeadLetterAppendFailures: a failing dead-letter append is retried
+// (the cursor waits), and a dead letter too large for the log is written
+// without its data.
+func TestDeadLetterAppendFailures(t *testing.T) {
+	mem := commitlog.NewMemory(nil)
+	big := makeEvent(0, 1)
+	big.DataEncoded = make([]byte, 4000)
+	if _, err := mem.Append(t.Context(), []commitlog.Record{{Topic: "t", Value: encode(t, big)}}); err != nil {
+		t.Fatal(err)
+	}
+	lg := &flakyLog{Memory: mem, failures: 2, maxValue: 1000}
+	s := newSink(t, func(*event.Event, int) (int, http.Header) { return http.StatusBadRequest, nil })
+	waits := &fakeWaits{}
+	d := mustNew(t, lg, t.TempDir(), Options{After: waits.after})
+	if err := d.Add(Subscription{ID: "fl", Sink: s.URL}); err != nil {
+		t.Fatal(err)
+	}
+	stop := started(t, d)
+	waitFor(t, "dead-lettered", func() bool { st, _ := d.Stats("fl"); return st.DeadLettered == 1 && st.LowWater == 2 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if len(waits.list()) != 2 {
+		t.Fatalf("append retries waited %v, want 2 waits", waits.list())
+	}
+	dls := deadLetters(t, mem, "$deadletter/fl")
+	if len(dls) != 1 || len(dls[0].Data()) != 0 || !strings.Contains(extString(t, dls[0], ExtDLReason), "data dropped") {
+		t.Fatalf("dead letters %v", dls)
+	}
+	if dls[0].ID() != "ev-0" {
+		t.Fatalf("dead letter id %q", dls[0].ID())
+	}
+}
+
+func TestNewRemovesStaleTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	stale := filepath.Join(dir, "s.cursor.tmp123")
+	keep := filepath.Join(dir, "s.cursor")
+	for _, p := range []string{stale, keep} {
+		if err := os.WriteFile(p, []byte(`{"version":1,"offset":3,"epoch":"e"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustNew(t, commitlog.NewMemory(nil), dir, Options{})
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Fatalf("stale temp file kept: %v", err)
+	}
+	if _, err := os.Stat(keep); err != nil {
+		t.Fatalf("cursor removed: %v", err)
 	}
 }
