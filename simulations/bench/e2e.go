@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -34,12 +35,13 @@ func e2eFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]any
 	pubs := fs.Int("publishers", 50, "MQTT publisher connections")
 	size := fs.Int("payload", 200, "payload bytes")
 	drain := fs.Duration("drain-timeout", 60*time.Second, "how long to wait for delivery after publishing stops")
+	profile := fs.String("cloud-profile", "", "write a CPU profile of the cloud process, taken while publishing, to this `file`")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
-		return runE2E(ctx, progress, *rate, *dur, *pubs, *size, *drain)
+		return runE2E(ctx, progress, *rate, *dur, *pubs, *size, *drain, *profile)
 	}
 }
 
-func runE2E(ctx context.Context, progress io.Writer, rate float64, dur time.Duration, pubs, size int, drainLimit time.Duration) (map[string]any, error) {
+func runE2E(ctx context.Context, progress io.Writer, rate float64, dur time.Duration, pubs, size int, drainLimit time.Duration, profile string) (map[string]any, error) {
 	if rate <= 0 || pubs < 1 || size < 64 || dur <= 0 {
 		return nil, fmt.Errorf("e2e: -rate, -duration and -publishers must be positive, -payload at least 64")
 	}
@@ -63,7 +65,11 @@ func runE2E(ctx context.Context, progress io.Writer, rate float64, dur time.Dura
 		return nil, err
 	}
 	defer snk.Close()
-	cloud, err := procs.StartCloud(ctx, bins, procs.CloudOptions{DataDir: filepath.Join(dir, "cloud"), SinkURL: snk.URL()})
+	copts := procs.CloudOptions{DataDir: filepath.Join(dir, "cloud"), SinkURL: snk.URL()}
+	if profile != "" {
+		copts.ExtraArgs = []string{"-pprof"}
+	}
+	cloud, err := procs.StartCloud(ctx, bins, copts)
 	if err != nil {
 		return nil, err
 	}
@@ -91,6 +97,12 @@ func runE2E(ctx context.Context, progress io.Writer, rate float64, dur time.Dura
 	fmt.Fprintf(progress, "e2e: offering %.0f msg/s of %d-byte QoS 1 payloads over %d connections for %v\n", rate, size, pubs, dur)
 
 	var pending sync.WaitGroup
+	profDone := make(chan error, 1)
+	if profile != "" {
+		go func() { profDone <- fetchProfile(cloud.APIURL, profile, dur-time.Second) }()
+	} else {
+		profDone <- nil
+	}
 	start := time.Now()
 	pubCtx, stop := context.WithTimeout(ctx, dur)
 	defer stop()
@@ -150,6 +162,9 @@ loop:
 		}
 	}
 	pubElapsed := time.Since(start)
+	if err := <-profDone; err != nil {
+		fmt.Fprintf(progress, "e2e: cloud profile: %v\n", err)
+	}
 	pending.Wait()
 	deadline := time.Now().Add(drainLimit)
 	for led.Pending() > 0 && time.Now().Before(deadline) {
@@ -199,3 +214,25 @@ loop:
 }
 
 func round(f float64) float64 { return float64(int64(f*10+0.5)) / 10 }
+
+// fetchProfile saves a CPU profile of the cloud process taken over d.
+func fetchProfile(apiURL, path string, d time.Duration) error {
+	secs := max(1, int(d.Seconds()))
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", apiURL, secs))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET profile: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}

@@ -63,7 +63,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	syncListen := fs.String("sync-listen", "", "QUIC listen `address` for gateways (default :7443)")
 	apiListen := fs.String("api-listen", "", "HTTP API listen `address` (default :8080)")
 	sinkURL := fs.String("sink", "", "add a subscription named \"default\" pushing every event to this `URL`")
-	sinkLanes := fs.Int("sink-parallelism", 32, "ordered delivery lanes of the -sink subscription (per-device order is kept)")
+	sinkLanes := fs.Int("sink-parallelism", 64, "ordered delivery lanes of the -sink subscription (per-device order is kept)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	pprofOn := fs.Bool("pprof", false, "serve Go's profiler at /debug/pprof/ on the API listener")
 	showVersion := fs.Bool("version", false, "print the version and exit")
