@@ -74,6 +74,7 @@ type FileLog struct {
 	stopTicker      chan struct{}
 	tickerDone      chan struct{}
 	retentionQueued atomic.Bool
+	stats           counters
 
 	mu       sync.Mutex
 	closed   bool

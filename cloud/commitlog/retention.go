@@ -41,6 +41,9 @@ func (w *writer) enforceRetention() error {
 		l.segments[0] = nil
 		l.segments = l.segments[1:]
 		l.bytes -= s.size
+		l.stats.retSegments.Add(1)
+		l.stats.retRecords.Add(s.next - s.base)
+		l.stats.retBytes.Add(uint64(s.size))
 		s.gone = true
 		closeNow := s.refs == 0
 		first := l.segments[0].base

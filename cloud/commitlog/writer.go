@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 )
 
 // request is one queued Append/AppendAsync, or a control action (ctl) that
@@ -221,10 +222,16 @@ func (w *writer) commit(group []*request) {
 		return
 	}
 	w.publish()
+	st := &l.stats
+	st.groups.Add(1)
 	for _, r := range group {
+		st.appends.Add(1)
 		if r.err != nil {
+			st.failures.Add(1)
 			r.done(AppendResult{}, r.err)
 		} else {
+			st.appended.Add(uint64(r.res.Appended))
+			st.duplicates.Add(uint64(r.res.Duplicates))
 			r.done(r.res, nil)
 		}
 	}
@@ -250,7 +257,10 @@ func (w *writer) flush() error {
 		w.dirty = true
 	}
 	if w.dirty {
-		if err := w.active.f.Sync(); err != nil {
+		start := time.Now()
+		err := w.active.f.Sync()
+		w.l.stats.fsync.observe(time.Since(start))
+		if err != nil {
 			return fmt.Errorf("commitlog: fsync %s: %w", w.active.path, err)
 		}
 		w.dirty = false
@@ -300,6 +310,7 @@ func (w *writer) publish() {
 	defer l.mu.Unlock()
 	for _, p := range w.pieces {
 		s := p.seg
+		l.stats.bytes.Add(uint64(p.size - s.size))
 		l.bytes += p.size - s.size
 		s.size, s.next, s.runMax = p.size, p.next, p.runMax
 		s.index = append(s.index, p.entries...)
@@ -322,8 +333,11 @@ func (w *writer) publish() {
 // fail puts the log in the failed state and fails the group.
 func (w *writer) fail(group []*request, err error) {
 	w.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+	w.l.stats.failed.Store(true)
 	w.l.log.Error("commitlog: append failed; refusing further appends until reopened", "err", err)
 	for _, r := range group {
+		w.l.stats.appends.Add(1)
+		w.l.stats.failures.Add(1)
 		if r.err != nil {
 			r.done(AppendResult{}, r.err)
 		} else {
