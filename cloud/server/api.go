@@ -62,8 +62,15 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"status": "ok"})
 	})
-	mux.HandleFunc("GET /v1/events", s.handleEvents)
-	mux.HandleFunc("GET /v1/gateways/{id}", s.handleGateway)
+	read := func(h http.HandlerFunc) http.HandlerFunc { return s.auth.require(ScopeRead, h) }
+	write := func(h http.HandlerFunc) http.HandlerFunc { return s.auth.require(ScopeWrite, h) }
+	mux.HandleFunc("GET /v1/events", read(s.handleEvents))
+	mux.HandleFunc("GET /v1/gateways/{id}", read(s.handleGateway))
+	mux.HandleFunc("GET /v1/subscriptions", read(s.handleListSubs))
+	mux.HandleFunc("GET /v1/subscriptions/{id}", read(s.handleGetSub))
+	mux.HandleFunc("POST /v1/subscriptions", write(s.handleCreateSub))
+	mux.HandleFunc("PUT /v1/subscriptions/{id}", write(s.handleUpdateSub))
+	mux.HandleFunc("DELETE /v1/subscriptions/{id}", write(s.handleDeleteSub))
 }
 
 // handleEvents pages through the central log: from (default: the first

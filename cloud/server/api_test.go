@@ -25,12 +25,26 @@ func apiWith(t *testing.T, recs ...commitlog.Record) (*httptest.Server, *commitl
 			t.Fatal(err)
 		}
 	}
-	s := &Server{clog: l}
+	s := &Server{clog: l, auth: newAuthenticator([]TokenConfig{{Name: "t", Token: testToken, Scopes: []string{ScopeRead}}})}
 	mux := http.NewServeMux()
 	s.routes(mux)
 	ts := httptest.NewServer(mux)
 	t.Cleanup(ts.Close)
 	return ts, l
+}
+
+const testToken = "read-token-0123456789"
+
+// get is an authenticated GET with the read token.
+func get(t *testing.T, url string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Authorization", "Bearer "+testToken)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
 }
 
 func eventValue(t *testing.T, id string) []byte {
@@ -55,10 +69,7 @@ func TestEventsPages(t *testing.T) {
 	var got []LogEntry
 	from := uint64(0)
 	for range 10 {
-		resp, err := http.Get(ts.URL + "/v1/events?limit=10&from=" + itoa(from))
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := get(t, ts.URL+"/v1/events?limit=10&from="+itoa(from))
 		var page EventsPage
 		if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
 			t.Fatal(err)
@@ -87,10 +98,7 @@ func TestEventsPages(t *testing.T) {
 func TestEventsRejectsBadQueries(t *testing.T) {
 	ts, _ := apiWith(t)
 	for _, q := range []string{"from=-1", "from=x", "limit=0", "limit=10001", "limit=abc"} {
-		resp, err := http.Get(ts.URL + "/v1/events?" + q)
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := get(t, ts.URL+"/v1/events?"+q)
 		var body map[string]string
 		json.NewDecoder(resp.Body).Decode(&body)
 		resp.Body.Close()
@@ -102,10 +110,7 @@ func TestEventsRejectsBadQueries(t *testing.T) {
 
 func TestEventsUndecodableValueIsReported(t *testing.T) {
 	ts, _ := apiWith(t, commitlog.Record{Topic: "x", Value: []byte{0xff, 0xff, 0xff}})
-	resp, err := http.Get(ts.URL + "/v1/events")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := get(t, ts.URL+"/v1/events")
 	defer resp.Body.Close()
 	var page EventsPage
 	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {

@@ -55,9 +55,22 @@ type SyncConfig struct {
 type APIConfig struct {
 	// Listen is the TCP address. "" means ":8080".
 	Listen string `yaml:"listen"`
-	// Pprof serves Go's profiler at /debug/pprof/ on the API listener.
-	// false (the zero value): not served.
+	// Pprof serves Go's profiler at /debug/pprof/ (admin scope) on the API
+	// listener. false (the zero value): not served.
 	Pprof bool `yaml:"pprof"`
+	// Tokens are the bearer tokens the API accepts. Empty (the zero value):
+	// a development admin token is generated on first start into
+	// <data_dir>/api-token (mode 0600) and logged where to find it.
+	Tokens []TokenConfig `yaml:"tokens"`
+	// TLS serves the API over HTTPS. Nil (the zero value): plain HTTP.
+	TLS *APITLS `yaml:"tls"`
+}
+
+// APITLS is the API's certificate.
+type APITLS struct {
+	// CertFile and KeyFile are PEM files. Both required.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
 }
 
 // LogConfig tunes the central log.
@@ -121,6 +134,19 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(a.v); err != nil {
 			return bad(a.name, "%q is not host:port: %v", a.v, err)
 		}
+	}
+	names := map[string]bool{}
+	for i, t := range c.API.Tokens {
+		if err := t.validate(); err != nil {
+			return bad(fmt.Sprintf("api.tokens[%d]", i), "%v", err)
+		}
+		if names[t.Name] {
+			return bad(fmt.Sprintf("api.tokens[%d].name", i), "%q is used twice", t.Name)
+		}
+		names[t.Name] = true
+	}
+	if t := c.API.TLS; t != nil && (t.CertFile == "" || t.KeyFile == "") {
+		return bad("api.tls", "cert_file and key_file are both required")
 	}
 	s := c.Sync
 	if set := btoi(s.CertFile != "") + btoi(s.KeyFile != "") + btoi(s.ClientCAFile != ""); set != 0 && set != 3 {

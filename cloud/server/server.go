@@ -37,6 +37,8 @@ type Server struct {
 	clog     *commitlog.FileLog
 	sync     *link.Server
 	syncPC   net.PacketConn
+	subs     *subStore
+	auth     *authenticator
 	dispatch *dispatch.Dispatcher
 	api      *http.Server
 	apiLn    net.Listener
@@ -88,6 +90,30 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 			return nil, fmt.Errorf("subscription %q: %w", sub.ID, err)
 		}
 	}
+	if s.subs, err = openSubStore(s.dataDir, cfg.Subscriptions); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("stored subscriptions: %w", err)
+	}
+	for _, sub := range s.subs.list() {
+		if err := d.Add(sub); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("stored subscription %q: %w", sub.ID, err)
+		}
+	}
+
+	tokens := cfg.API.Tokens
+	if len(tokens) == 0 {
+		tok, created, err := ensureDevToken(s.dataDir)
+		if err != nil {
+			s.Close()
+			return nil, fmt.Errorf("development API token: %w", err)
+		}
+		if created {
+			logger.Warn("no api.tokens configured: generated a development admin token", "file", filepath.Join(s.dataDir, DevTokenFile))
+		}
+		tokens = []TokenConfig{{Name: "development", Token: tok, Scopes: []string{ScopeAdmin}}}
+	}
+	s.auth = newAuthenticator(tokens)
 
 	listen := cfg.Sync.Listen
 	if listen == "" {
@@ -116,9 +142,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	s.routes(mux)
 	if cfg.API.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.HandleFunc("/debug/pprof/", s.auth.require(ScopeAdmin, pprof.Index))
+		mux.HandleFunc("/debug/pprof/profile", s.auth.require(ScopeAdmin, pprof.Profile))
+		mux.HandleFunc("/debug/pprof/trace", s.auth.require(ScopeAdmin, pprof.Trace))
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &collector{s: s})
@@ -183,7 +209,12 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { errc <- s.sync.Serve(ctx, s.syncPC) }()
 	go func() { errc <- s.dispatch.Run(ctx) }()
 	go func() {
-		err := s.api.Serve(s.apiLn)
+		var err error
+		if t := s.cfg.API.TLS; t != nil {
+			err = s.api.ServeTLS(s.apiLn, t.CertFile, t.KeyFile)
+		} else {
+			err = s.api.Serve(s.apiLn)
+		}
 		if errors.Is(err, http.ErrServerClosed) {
 			err = nil
 		}

@@ -138,7 +138,7 @@ func TestUntrustedGatewayRefused(t *testing.T) {
 		return strings.Contains(l, "certificate signed by unknown authority")
 	})
 	// Nothing reached the log; everything is still buffered at the edge.
-	resp, err := http.Get(f.cloud.APIURL + "/v1/gateways/gw-rogue")
+	resp, err := f.cloud.Get("/v1/gateways/gw-rogue")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -198,7 +198,7 @@ func (f *fabric) checkLog() {
 	f.t.Helper()
 	from := uint64(0)
 	for {
-		resp, err := http.Get(fmt.Sprintf("%s/v1/events?from=%d&limit=1000", f.cloud.APIURL, from))
+		resp, err := f.cloud.Get(fmt.Sprintf("/v1/events?from=%d&limit=1000", from))
 		if err != nil {
 			f.t.Fatal(err)
 		}

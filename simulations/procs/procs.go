@@ -192,6 +192,18 @@ type Cloud struct {
 	DataDir  string
 	SyncAddr string
 	APIURL   string
+	// Token is the development admin API token the cloud generated.
+	Token string
+}
+
+// Get sends an authenticated GET to the cloud's API (path starts with /).
+func (c *Cloud) Get(path string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodGet, c.APIURL+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.Token)
+	return http.DefaultClient.Do(req)
 }
 
 // CloudOptions start a cloud.
@@ -244,6 +256,10 @@ func StartCloud(ctx context.Context, b Binaries, o CloudOptions) (*Cloud, error)
 	}); err != nil {
 		p.Kill()
 		return nil, fmt.Errorf("cloud did not become ready: %w\n%s", err, p.Tail(30))
+	}
+	if c.Token, err = server.ReadDevToken(o.DataDir); err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("cloud API token: %w", err)
 	}
 	return c, nil
 }
@@ -339,7 +355,7 @@ func waitFor(ctx context.Context, p *Proc, limit time.Duration, ready func() boo
 func (c *Cloud) ReadLog(fn func(server.LogEntry) error) error {
 	from := uint64(0)
 	for {
-		resp, err := http.Get(fmt.Sprintf("%s/v1/events?from=%d&limit=5000", c.APIURL, from))
+		resp, err := c.Get(fmt.Sprintf("/v1/events?from=%d&limit=5000", from))
 		if err != nil {
 			return err
 		}
