@@ -166,4 +166,3 @@ func ReadDevToken(dataDir string) (string, error) {
 	}
 	return strings.TrimSpace(string(b)), nil
 }
-
