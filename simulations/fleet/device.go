@@ -1,0 +1,174 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tributary-io/tributary/simulations/ledger"
+)
+
+// device is one simulated MQTT device with its own paho connection. It
+// creates messages on its streams' schedules into a local queue and
+// publishes them with QoS 1, one at a time: the next message goes out once
+// the gateway acknowledged the previous one. While the gateway does not
+// answer (it is down, or refuses because its disk is full), the queue grows,
+// as a sensor's buffer would, and drains once it answers again. A failed
+// attempt is retried with the same message.
+//
+// One message in flight keeps each device's order through reconnects: paho
+// resends an unacknowledged publish when it reconnects, and a second
+// publish made meanwhile could overtake it.
+type device struct {
+	id, gateway string
+	addr        string
+	streams     []devStream
+	led         *ledger.Ledger
+	ser         *series
+	client      mqtt.Client
+	queued      atomic.Int64 // messages created and not yet acknowledged
+	n           uint64
+}
+
+// devStream is one stream as a device publishes it.
+type devStream struct {
+	topic    string
+	size     int
+	interval time.Duration
+	offset   time.Duration // of the first message from the start
+	next     time.Time
+	meta     ledger.Meta
+}
+
+// message is one queued message.
+type message struct {
+	key     ledger.Key
+	topic   string
+	payload []byte
+}
+
+// connect opens the device's MQTT connection (paho reconnects on its own
+// afterwards).
+func (d *device) connect(ctx context.Context) error {
+	opts := mqtt.NewClientOptions().
+		AddBroker("tcp://" + d.addr).
+		SetClientID(d.id).
+		SetCleanSession(true).
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(250 * time.Millisecond).
+		SetMaxReconnectInterval(time.Second).
+		SetConnectTimeout(10 * time.Second).
+		SetWriteTimeout(10 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetOrderMatters(false).
+		// Stored (unacknowledged) publishes are resent in their order.
+		SetStore(mqtt.NewOrderedMemoryStore())
+	d.client = mqtt.NewClient(opts)
+	tok := d.client.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return fmt.Errorf("device %s: connect to %s: %w", d.id, d.addr, err)
+		}
+		return nil
+	case <-time.After(30 * time.Second):
+		return fmt.Errorf("device %s: connect to %s: no CONNACK within 30 s", d.id, d.addr)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run creates messages from start until stopCreating is closed, and
+// publishes until its queue is empty after that, or ctx ends.
+func (d *device) run(ctx context.Context, start time.Time, stopCreating <-chan struct{}) {
+	for i := range d.streams {
+		d.streams[i].next = start.Add(d.streams[i].offset)
+	}
+	timer := time.NewTimer(d.untilNext())
+	defer timer.Stop()
+	var (
+		queue    []message
+		tok      mqtt.Token
+		inflight <-chan struct{}
+		retry    <-chan time.Time
+		creating = true
+		backoff  = 100 * time.Millisecond
+	)
+	for {
+		if inflight == nil && retry == nil && len(queue) > 0 {
+			m := queue[0]
+			tok = d.client.Publish(m.topic, 1, false, m.payload)
+			inflight = tok.Done()
+		}
+		if !creating && len(queue) == 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-stopCreating:
+			creating, stopCreating = false, nil
+			timer.Stop()
+		case now := <-timer.C:
+			if !creating {
+				continue
+			}
+			for i := range d.streams {
+				st := &d.streams[i]
+				for !st.next.After(now) {
+					queue = append(queue, d.create(st))
+					st.next = st.next.Add(st.interval)
+				}
+			}
+			timer.Reset(d.untilNext())
+		case <-inflight:
+			inflight = nil
+			k := queue[0].key
+			if err := tok.Error(); err != nil {
+				d.led.Failed(k)
+				retry = time.After(backoff)
+				backoff = min(2*backoff, 2*time.Second)
+				continue
+			}
+			backoff = 100 * time.Millisecond
+			d.led.Acked(k)
+			d.ser.Acked(time.Now())
+			d.queued.Add(-1)
+			queue[0] = message{}
+			queue = queue[1:]
+		case <-retry:
+			retry = nil
+		}
+	}
+}
+
+// create makes the next message of st, now.
+func (d *device) create(st *devStream) message {
+	d.n++
+	now := time.Now()
+	k := ledger.Key{Device: d.id, N: d.n}
+	d.led.PublishedMeta(k, now, st.meta)
+	d.ser.Published(now)
+	d.queued.Add(1)
+	return message{key: k, topic: st.topic, payload: ledger.MakePayload(d.id, d.n, now, st.size)}
+}
+
+func (d *device) untilNext() time.Duration {
+	next := d.streams[0].next
+	for _, st := range d.streams[1:] {
+		if st.next.Before(next) {
+			next = st.next
+		}
+	}
+	return max(time.Until(next), 0)
+}
+
+func (d *device) close() {
+	if d.client != nil {
+		d.client.Disconnect(100)
+	}
+}

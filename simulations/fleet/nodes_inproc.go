@@ -1,0 +1,226 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/tributary-io/tributary/cloud/server"
+	"github.com/tributary-io/tributary/edge/gateway"
+	"github.com/tributary-io/tributary/sync/link"
+)
+
+// inprocCloud runs cloud/server in this process. A kill cancels it and
+// closes it without waiting for anything else: what Go can do to a part of
+// its own process. It is not a crash (open files are closed, the log's
+// buffers flushed); run with processes for SIGKILL.
+type inprocCloud struct {
+	cfg  server.Config // ports fixed after the first start
+	log  *slog.Logger
+	base context.Context
+
+	mu     sync.Mutex
+	srv    *server.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+	next   uint64 // the log's end when last seen
+	pkiDir string
+}
+
+var _ cloudNode = (*inprocCloud)(nil)
+
+func newInprocCloud(base context.Context, cfg server.Config, log *slog.Logger) *inprocCloud {
+	return &inprocCloud{cfg: cfg, log: log, base: base}
+}
+
+func (c *inprocCloud) Start(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv != nil {
+		return errors.New("cloud already running")
+	}
+	srv, err := server.New(c.cfg, c.log)
+	if err != nil {
+		return err
+	}
+	// Restarts bind the same ports: gateways' relays and the API reader
+	// keep their addresses.
+	c.cfg.Sync.Listen = srv.SyncAddr().String()
+	c.cfg.API.Listen = srv.APIAddr().String()
+	c.pkiDir = srv.PKIDir()
+	ctx, cancel := context.WithCancel(c.base)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+			c.log.Error("cloud stopped", "err", err)
+		}
+	}()
+	c.srv, c.cancel, c.done = srv, cancel, done
+	return nil
+}
+
+func (c *inprocCloud) stop() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv == nil {
+		return nil
+	}
+	c.next = c.srv.Log().NextOffset()
+	c.cancel()
+	<-c.done
+	err := c.srv.Close()
+	c.srv = nil
+	return err
+}
+
+func (c *inprocCloud) Kill() error  { return c.stop() }
+func (c *inprocCloud) Close() error { return c.stop() }
+
+func (c *inprocCloud) SyncAddr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cfg.Sync.Listen
+}
+
+func (c *inprocCloud) PKIDir() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.pkiDir
+}
+
+func (c *inprocCloud) NextOffset() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv != nil {
+		c.next = c.srv.Log().NextOffset()
+	}
+	return c.next
+}
+
+func (c *inprocCloud) ReadLog(from uint64, max int, fn func(logRecord)) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.srv == nil {
+		return from, errDown
+	}
+	recs, err := c.srv.Log().Read(from, max, 8<<20)
+	if err != nil {
+		return from, fmt.Errorf("read central log at %d: %w", from, err)
+	}
+	for _, r := range recs {
+		lr := logRecord{Offset: r.Offset, Topic: r.Topic, Producer: r.Producer, Seq: r.ProducerSeq}
+		if err := decodeLogValue(&lr, r.Value); err != nil {
+			return from, err
+		}
+		fn(lr)
+		from = r.Offset + 1
+	}
+	return from, nil
+}
+
+// inprocEdge runs edge/gateway in this process. A kill cancels its link and
+// closes it (the broker disconnects every device; the outbox commits what is
+// queued): not a crash, see inprocCloud.
+type inprocEdge struct {
+	id   string
+	cfg  gateway.Config // MQTT address fixed after the first start
+	log  *slog.Logger
+	base context.Context
+
+	mu      sync.Mutex
+	g       *gateway.Gateway
+	cancel  context.CancelFunc
+	done    chan struct{}
+	carried edgeStats // counters of past incarnations
+	starts  int
+}
+
+var _ edgeNode = (*inprocEdge)(nil)
+
+func newInprocEdge(base context.Context, id string, cfg gateway.Config, log *slog.Logger) *inprocEdge {
+	return &inprocEdge{id: id, cfg: cfg, log: log, base: base}
+}
+
+func (e *inprocEdge) ID() string { return e.id }
+
+func (e *inprocEdge) MQTTAddr() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.cfg.MQTT.Listeners.TCP.Address
+}
+
+func (e *inprocEdge) Start(context.Context) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.g != nil {
+		return errors.New("gateway already running")
+	}
+	g, err := gateway.New(e.cfg, e.log)
+	if err != nil {
+		return err
+	}
+	e.cfg.MQTT.Listeners.TCP.Address = g.MQTTAddr()
+	ctx, cancel := context.WithCancel(e.base)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := g.Run(ctx); err != nil {
+			e.log.Error("gateway link stopped", "err", err)
+		}
+	}()
+	e.g, e.cancel, e.done = g, cancel, done
+	e.starts++
+	return nil
+}
+
+// current reads the running incarnation's counters. Call with e.mu held.
+func (e *inprocEdge) current() edgeStats {
+	st := e.g.Stats()
+	s := edgeStats{
+		Up: true, Backlog: st.Outbox.Records, Connected: st.Link.State == link.Connected,
+		Refused: st.Broker.Rejected, DiskFailures: st.Outbox.FailedRows, QuotaRejected: st.Outbox.Rejected,
+		DropsKnown: true,
+	}
+	for _, c := range st.Outbox.Classes {
+		if c.DroppedOldest > 0 || c.Expired > 0 {
+			if s.Drops == nil {
+				s.Drops = map[uint8]classDrops{}
+			}
+			s.Drops[c.Priority] = classDrops{quota: c.DroppedOldest, expired: c.Expired}
+		}
+	}
+	return s
+}
+
+func (e *inprocEdge) Stats() (edgeStats, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	s := edgeStats{DropsKnown: true}
+	if e.g != nil {
+		s = e.current()
+	}
+	s.add(e.carried)
+	s.Restarts = max(e.starts-1, 0)
+	return s, nil
+}
+
+func (e *inprocEdge) stop() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.g == nil {
+		return nil
+	}
+	e.cancel()
+	<-e.done
+	err := e.g.Close()
+	// Read the counters after Close: it commits what was queued.
+	e.carried.add(e.current())
+	e.g = nil
+	return err
+}
+
+func (e *inprocEdge) Kill() error  { return e.stop() }
+func (e *inprocEdge) Close() error { return e.stop() }

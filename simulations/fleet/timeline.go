@@ -1,0 +1,216 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"path"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/tributary-io/tributary/sync/faultnet"
+)
+
+// action is one step of the fault timeline: a fault starting or ending.
+type action struct {
+	at    time.Duration // from the start of publishing
+	fault int
+	start bool
+}
+
+// plan orders the starts and ends of faults. At one instant a fault's start
+// comes before its own end (a kill with For 0 restarts at once) and
+// otherwise actions keep the faults' order.
+func plan(faults []Fault) []action {
+	var acts []action
+	for i, f := range faults {
+		acts = append(acts, action{f.At.D(), i, true}, action{f.End(), i, false})
+	}
+	slices.SortStableFunc(acts, func(a, b action) int {
+		switch {
+		case a.at < b.at:
+			return -1
+		case a.at > b.at:
+			return 1
+		}
+		return 0
+	})
+	return acts
+}
+
+// matchTargets resolves a fault's target patterns against the gateway ids
+// (sink names and "cloud" stand for themselves), in order, without repeats.
+func matchTargets(f Fault, gateways []string) []string {
+	var out []string
+	add := func(t string) {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	for _, pat := range f.Targets {
+		switch {
+		case f.Kind == SinkFail || f.Kind == SinkHang || pat == CloudTarget:
+			add(pat)
+		default:
+			for _, id := range gateways {
+				if ok, _ := path.Match(pat, id); ok {
+					add(id)
+				}
+			}
+		}
+	}
+	return out
+}
+
+// FaultRecord is one fault as it happened, for the report.
+type FaultRecord struct {
+	Index   int       `json:"index"`
+	Kind    FaultKind `json:"kind"`
+	Targets []string  `json:"targets"`
+	// PlannedAtS and PlannedEndS are the timeline's times; StartS and EndS
+	// when the simulator applied them (-1 if it did not), all in seconds
+	// from the start of publishing.
+	PlannedAtS  float64 `json:"planned_at_s"`
+	PlannedEndS float64 `json:"planned_end_s"`
+	StartS      float64 `json:"start_s"`
+	EndS        float64 `json:"end_s"`
+	// Detail says what was done ("SIGKILL", "ballast 27.0 MiB", …).
+	Detail string `json:"detail,omitempty"`
+	// Error is why applying it failed, if it did.
+	Error string `json:"error,omitempty"`
+}
+
+// Label is a short description: "link-down gw-1, gw-2".
+func (f FaultRecord) Label() string {
+	t := f.Targets
+	if len(t) > 4 {
+		t = append(slices.Clone(t[:3]), fmt.Sprintf("… (%d)", len(f.Targets)))
+	}
+	return string(f.Kind) + " " + strings.Join(t, ", ")
+}
+
+// runTimeline applies the scenario's faults at their times from start, and
+// returns when the last one ended or ctx ended. A fault that cannot be
+// applied is recorded; a failed restart also fails the run.
+func (r *runner) runTimeline(ctx context.Context, start time.Time) {
+	for _, a := range plan(r.sc.Faults) {
+		t := time.NewTimer(time.Until(start.Add(a.at)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		err := r.apply(ctx, a)
+		r.mu.Lock()
+		rec := &r.faults[a.fault]
+		now := time.Since(start).Seconds()
+		if a.start {
+			rec.StartS = now
+			r.active[a.fault] = true
+		} else {
+			rec.EndS = now
+			delete(r.active, a.fault)
+		}
+		if err != nil {
+			rec.Error = strings.TrimPrefix(rec.Error+"; "+err.Error(), "; ")
+		}
+		r.mu.Unlock()
+		if err != nil {
+			r.log.Error("fault", "kind", rec.Kind, "start", a.start, "err", err)
+			if rec.Kind == Kill && !a.start {
+				r.fail(fmt.Errorf("fault %d (%s): restart: %w", a.fault, rec.Kind, err))
+				return
+			}
+		}
+	}
+}
+
+// apply starts or ends one fault on every target.
+func (r *runner) apply(ctx context.Context, a action) error {
+	f := r.sc.Faults[a.fault]
+	targets := r.faults[a.fault].Targets
+	var errs []string
+	var detail []string
+	for _, t := range targets {
+		var err error
+		switch f.Kind {
+		case LinkDown:
+			relay := r.relays[r.gwIndex[t]]
+			if a.start {
+				relay.Blackhole(f.For.D())
+			} else {
+				relay.Blackhole(0)
+			}
+		case Lossy:
+			relay := r.relays[r.gwIndex[t]]
+			if a.start {
+				imp := faultnet.Impairment{Loss: f.Loss, Delay: f.Delay.D(), Jitter: f.Jitter.D(), Duplicate: f.Duplicate, Reorder: f.Reorder}
+				relay.SetImpairment(imp, imp)
+			} else {
+				relay.SetImpairment(faultnet.Impairment{}, faultnet.Impairment{})
+			}
+		case Kill:
+			var node interface {
+				Kill() error
+				Start(context.Context) error
+			}
+			if t == CloudTarget {
+				node = r.cloud
+			} else {
+				node = r.edges[r.gwIndex[t]]
+			}
+			if a.start {
+				err = node.Kill()
+				if r.sc.Mode == Processes {
+					detail = appendOnce(detail, "SIGKILL")
+				} else {
+					detail = appendOnce(detail, "abrupt close in process")
+				}
+			} else {
+				err = node.Start(ctx)
+			}
+		case DiskFull:
+			dir := r.gwDirs[r.gwIndex[t]]
+			if a.start {
+				var n int64
+				n, err = fillDisk(dir)
+				detail = append(detail, fmt.Sprintf("%s: ballast %.1f MiB", t, float64(n)/(1<<20)))
+			} else {
+				err = freeDisk(dir)
+			}
+		case SinkFail:
+			if a.start {
+				r.sinks[t].FailWith(f.Status)
+				detail = appendOnce(detail, fmt.Sprintf("HTTP %d", f.Status))
+			} else {
+				r.sinks[t].FailWith(0)
+			}
+		case SinkHang:
+			if a.start {
+				r.sinks[t].Hang()
+			} else {
+				r.sinks[t].Unhang()
+			}
+		}
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("%s: %v", t, err))
+		}
+	}
+	if len(detail) > 0 {
+		r.mu.Lock()
+		r.faults[a.fault].Detail = strings.Join(detail, "; ")
+		r.mu.Unlock()
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func appendOnce(s []string, v string) []string {
+	if slices.Contains(s, v) {
+		return s
+	}
+	return append(s, v)
+}
