@@ -309,20 +309,62 @@ func ParseLevel(s string) slog.Level {
 	return slog.LevelInfo
 }
 
-// collector exposes the cloud's counters to Prometheus at scrape time.
+// collector exposes the cloud's counters to Prometheus at scrape time, so
+// hot paths keep plain atomic counters.
 type collector struct{ s *Server }
 
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
 var (
-	descLogNext  = prometheus.NewDesc("tributary_cloud_log_next_offset", "Offset the next appended record gets.", nil, nil)
-	descLogFirst = prometheus.NewDesc("tributary_cloud_log_first_offset", "Oldest retained offset.", nil, nil)
+	descLogNext      = desc("tributary_cloud_log_next_offset", "Offset the next appended record gets (records ever appended).")
+	descLogFirst     = desc("tributary_cloud_log_first_offset", "Oldest retained offset.")
+	descSyncSessions = desc("tributary_cloud_sync_sessions", "Live gateway sessions.")
+	descSyncCounters = desc("tributary_cloud_sync_total", "Sync link counters by kind.", "kind")
+	descSyncBacklog  = desc("tributary_cloud_sync_backlog_bytes", "Record bytes handed to the log and not yet durable.")
+	descSubCounters  = desc("tributary_cloud_subscription_events_total", "Events per subscription by outcome.", "subscription", "outcome")
+	descSubLag       = desc("tributary_cloud_subscription_lag", "Log offsets not yet completed by the subscription.", "subscription")
+	descSubInFlight  = desc("tributary_cloud_subscription_in_flight", "Events held by the subscription's lanes.", "subscription")
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- descLogNext
-	ch <- descLogFirst
+	for _, d := range []*prometheus.Desc{descLogNext, descLogFirst, descSyncSessions, descSyncCounters, descSyncBacklog, descSubCounters, descSubLag, descSubInFlight} {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(descLogNext, prometheus.CounterValue, float64(c.s.clog.NextOffset()))
-	ch <- prometheus.MustNewConstMetric(descLogFirst, prometheus.GaugeValue, float64(c.s.clog.FirstOffset()))
+	s := c.s
+	next := s.clog.NextOffset()
+	ch <- prometheus.MustNewConstMetric(descLogNext, prometheus.CounterValue, float64(next))
+	ch <- prometheus.MustNewConstMetric(descLogFirst, prometheus.GaugeValue, float64(s.clog.FirstOffset()))
+	st := s.sync.Stats()
+	ch <- prometheus.MustNewConstMetric(descSyncSessions, prometheus.GaugeValue, float64(st.Sessions))
+	ch <- prometheus.MustNewConstMetric(descSyncBacklog, prometheus.GaugeValue, float64(st.Backlog))
+	for kind, v := range map[string]uint64{
+		"sessions_accepted": st.Accepted, "sessions_superseded": st.Superseded, "sessions_refused": st.Refused,
+		"batches": st.Batches, "records": st.Records, "bytes": st.Bytes, "batches_acked": st.AckedBatches,
+		"protocol_errors": st.ProtocolErrors, "sink_errors": st.SinkErrors,
+	} {
+		ch <- prometheus.MustNewConstMetric(descSyncCounters, prometheus.CounterValue, float64(v), kind)
+	}
+	for _, sub := range s.dispatch.List() {
+		ds, err := s.dispatch.Stats(sub.ID)
+		if err != nil {
+			continue
+		}
+		for outcome, v := range map[string]uint64{
+			"delivered": ds.Delivered, "retried": ds.Retries, "dead_lettered": ds.DeadLettered, "filtered": ds.Filtered,
+			"skipped_by_retention": ds.SkippedByRetention,
+		} {
+			ch <- prometheus.MustNewConstMetric(descSubCounters, prometheus.CounterValue, float64(v), sub.ID, outcome)
+		}
+		lag := float64(0)
+		if next > ds.LowWater {
+			lag = float64(next - ds.LowWater)
+		}
+		ch <- prometheus.MustNewConstMetric(descSubLag, prometheus.GaugeValue, lag, sub.ID)
+		ch <- prometheus.MustNewConstMetric(descSubInFlight, prometheus.GaugeValue, float64(ds.InFlight), sub.ID)
+	}
 }

@@ -176,3 +176,25 @@ func TestDevTokenGeneratedOnce(t *testing.T) {
 		t.Fatalf("ReadDevToken %q", got)
 	}
 }
+
+func TestMetricsExposeTheParts(t *testing.T) {
+	s := startServer(t, t.TempDir(), testTokens, dispatch.Subscription{ID: "m", Sink: "http://127.0.0.1:1/"})
+	resp, err := http.Get("http://" + s.APIAddr().String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var b bytes.Buffer
+	b.ReadFrom(resp.Body)
+	for _, want := range []string{
+		"tributary_cloud_log_next_offset 0",
+		"tributary_cloud_sync_sessions 0",
+		`tributary_cloud_sync_total{kind="records"} 0`,
+		`tributary_cloud_subscription_events_total{outcome="delivered",subscription="m"} 0`,
+		`tributary_cloud_subscription_lag{subscription="m"} 0`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
