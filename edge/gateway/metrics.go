@@ -52,6 +52,12 @@ var metricDefs = []struct {
 	{"tributary_edge_outbox_commits_total", "Group commits.", true, func(s Stats) float64 { return float64(s.Outbox.CommittedGroups) }},
 	{"tributary_edge_outbox_committed_rows_total", "Rows committed by group commits.", true, func(s Stats) float64 { return float64(s.Outbox.CommittedRows) }},
 	{"tributary_edge_outbox_failed_rows_total", "Rows whose commit failed.", true, func(s Stats) float64 { return float64(s.Outbox.FailedRows) }},
+	{"tributary_edge_link_records_sent_total", "Records sent to the cloud (resends count again).", true, func(s Stats) float64 { return float64(s.Link.RecordsSent) }},
+	{"tributary_edge_link_bytes_sent_total", "Frame bytes sent to the cloud.", true, func(s Stats) float64 { return float64(s.Link.BytesSent) }},
+	{"tributary_edge_link_batches_acked_total", "Batches the cloud acknowledged as durable.", true, func(s Stats) float64 { return float64(s.Link.BatchesAcked) }},
+	{"tributary_edge_link_acked_seq", "Highest outbox sequence the cloud acknowledged.", false, func(s Stats) float64 { return float64(s.Link.AckedSeq) }},
+	{"tributary_edge_link_sessions_total", "Sessions opened with the cloud.", true, func(s Stats) float64 { return float64(s.Link.Sessions) }},
+	{"tributary_edge_link_reconnects_total", "Failed sessions or dial attempts that were retried.", true, func(s Stats) float64 { return float64(s.Link.Reconnects) }},
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
