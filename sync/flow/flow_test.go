@@ -192,3 +192,94 @@ func TestTokenBucket(t *testing.T) {
 		})
 	}
 }
+
+func TestWindowLimits(t *testing.T) {
+	w := NewWindow(4, 0)
+	w.SetLimits(3, 100)
+	if !w.CanSendSized(500) {
+		t.Fatal("an empty window must take one batch of any size")
+	}
+	if err := w.OnSendSized(10, 500); err != nil {
+		t.Fatal(err)
+	}
+	if w.CanSendSized(1) || !errors.Is(w.OnSendSized(11, 1), ErrWindowFull) {
+		t.Fatal("byte limit not enforced with a batch in flight")
+	}
+	if _, err := w.OnAck(10); err != nil || w.Bytes() != 0 || w.Len() != 0 {
+		t.Fatalf("ack: %v, %d bytes, %d batches in flight", err, w.Bytes(), w.Len())
+	}
+	for i, size := range []int{40, 60} {
+		if err := w.OnSendSized(uint64(20+i), size); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w.CanSendSized(1) || w.Bytes() != 100 {
+		t.Fatalf("100 bytes in flight of 100: CanSendSized(1) %v, Bytes %d", w.CanSendSized(1), w.Bytes())
+	}
+	if released, _ := w.OnAck(20); released != 1 || w.Bytes() != 60 || !w.CanSendSized(40) || w.CanSendSized(41) {
+		t.Fatalf("after releasing 40 bytes: released %d, Bytes %d", released, w.Bytes())
+	}
+
+	// A credit of 0 pauses even an empty window; batches in flight above a
+	// lowered limit stay until acked.
+	w.SetLimits(0, 0)
+	if w.CanSendSized(0) {
+		t.Fatal("paused window can send")
+	}
+	if _, err := w.OnAck(21); err != nil || w.CanSend() {
+		t.Fatalf("paused window after ack: %v, CanSend %v", err, w.CanSend())
+	}
+	w.SetLimits(2, 0)
+	for i := range 2 {
+		if err := w.OnSendSized(uint64(30+i), 1<<30); err != nil {
+			t.Fatalf("no byte limit: %v", err)
+		}
+	}
+	w.SetLimits(1, 0)
+	if w.CanSend() || w.Len() != 2 {
+		t.Fatalf("lowered below what is in flight: CanSend %v, Len %d", w.CanSend(), w.Len())
+	}
+	if released, _ := w.OnAck(30); released != 1 || w.CanSend() {
+		t.Fatal("one in flight of a window of one: must wait")
+	}
+	if released, _ := w.OnAck(31); released != 1 || !w.CanSend() {
+		t.Fatal("empty window of one: must send")
+	}
+}
+
+func TestCreditGrant(t *testing.T) {
+	tests := []struct {
+		c       Credit
+		backlog int64
+		want    int
+	}{
+		{Credit{Window: 16}, 1 << 40, 16},                     // disabled
+		{Credit{Window: 0, High: 100}, 0, 1},                  // window at least 1
+		{Credit{Window: 16, Low: 100, High: 200}, 0, 16},      // idle
+		{Credit{Window: 16, Low: 100, High: 200}, 100, 16},    // at Low
+		{Credit{Window: 16, Low: 100, High: 200}, 101, 15},    // just above
+		{Credit{Window: 16, Low: 100, High: 200}, 150, 8},     // half way
+		{Credit{Window: 16, Low: 100, High: 200}, 199, 1},     // just below High
+		{Credit{Window: 16, Low: 100, High: 200}, 200, 0},     // pause
+		{Credit{Window: 16, Low: 100, High: 200}, 1 << 40, 0}, // far behind
+		{Credit{Window: 8, Low: 500, High: 200}, 100, 8},      // Low >= High: High/2
+		{Credit{Window: 8, Low: 500, High: 200}, 150, 4},
+		{Credit{Window: 8, High: 200}, 100, 8}, // Low unset: High/2
+		{Credit{Window: 8, High: 200}, 101, 7},
+	}
+	for _, tt := range tests {
+		if got := tt.c.Grant(tt.backlog); got != tt.want {
+			t.Errorf("%+v.Grant(%d) = %d, want %d", tt.c, tt.backlog, got, tt.want)
+		}
+	}
+	// Monotonic: more backlog never grants more.
+	c := Credit{Window: 64, Low: 1000, High: 5000}
+	prev := c.Grant(0)
+	for b := int64(0); b < 6000; b += 7 {
+		g := c.Grant(b)
+		if g > prev {
+			t.Fatalf("Grant(%d) = %d above Grant of a smaller backlog (%d)", b, g, prev)
+		}
+		prev = g
+	}
+}

@@ -170,6 +170,11 @@ type ClientStats struct {
 	BatchesSent, BatchesAcked, RecordsSent, BytesSent, RawBytes uint64
 	// Throttled is the total time batches waited for the bandwidth cap.
 	Throttled time.Duration
+	// Window and WindowBytes are the current session's send limits: the
+	// smaller of Window and the cloud's credit, in batches (0: paused by
+	// the cloud) and bytes (0: no byte limit).
+	Window      int
+	WindowBytes int64
 	// Sessions counts Welcomes received; Reconnects sessions or dial
 	// attempts that failed and were retried.
 	Sessions, Reconnects uint64
@@ -196,6 +201,7 @@ type Client struct {
 	sentSeq, ackedSeq                                 atomic.Uint64
 	batchesSent, batchesAcked, recordsSent, bytesSent atomic.Uint64
 	rawBytes                                          atomic.Uint64
+	window, windowBytes                               atomic.Int64
 	sessions, reconnects                              atomic.Uint64
 	throttled                                         atomic.Int64
 	bucket                                            flow.TokenBucket // owned by Run's goroutine
@@ -220,6 +226,8 @@ func (c *Client) Stats() ClientStats {
 		RecordsSent:  c.recordsSent.Load(),
 		BytesSent:    c.bytesSent.Load(),
 		RawBytes:     c.rawBytes.Load(),
+		Window:       int(c.window.Load()),
+		WindowBytes:  c.windowBytes.Load(),
 		Sessions:     c.sessions.Load(),
 		Reconnects:   c.reconnects.Load(),
 		Throttled:    time.Duration(c.throttled.Load()),
@@ -320,10 +328,15 @@ func (c *Client) session(ctx context.Context) (err error) {
 		hwm = acked
 	}
 	c.acker.post(hwm)
-	window := c.cfg.Window
+	win := flow.NewWindow(c.cfg.Window, hwm)
 	if w := int(welcome.GetWindow()); w > 0 {
-		window = min(window, w)
+		win.SetLimits(min(c.cfg.Window, w), 0)
 	}
+	if cr := welcome.GetCredit(); cr != nil {
+		c.applyCredit(win, cr)
+	}
+	c.window.Store(int64(win.Max()))
+	c.windowBytes.Store(win.MaxBytes())
 	maxFrame := wire.MaxFrameBytes
 	if m := int(welcome.GetMaxFrameBytes()); m > 0 {
 		maxFrame = min(maxFrame, m)
@@ -332,10 +345,18 @@ func (c *Client) session(ctx context.Context) (err error) {
 	c.sentSeq.Store(hwm)
 	c.cfg.Backoff.Connected(c.cfg.Now())
 	c.setState(Connected, nil)
-	c.log.Info("sync link up", "addr", c.cfg.Addr, "high_water_mark", hwm, "window", window)
+	c.log.Info("sync link up", "addr", c.cfg.Addr, "high_water_mark", hwm, "window", win.Max(), "window_bytes", win.MaxBytes())
 
-	sl := &sendLoop{c: c, str: str, win: flow.NewWindow(window, hwm), maxFrame: maxFrame}
+	sl := &sendLoop{c: c, str: str, win: win, maxFrame: maxFrame}
 	return sl.run(ctx, conn)
+}
+
+// applyCredit sets win's limits from a cloud credit, never above the
+// client's own Window.
+func (c *Client) applyCredit(win *flow.Window, cr *syncv1.Credit) {
+	win.SetLimits(min(c.cfg.Window, int(min(cr.GetWindow(), 1<<30))), int64(min(cr.GetWindowBytes(), 1<<62)))
+	c.window.Store(int64(win.Max()))
+	c.windowBytes.Store(win.MaxBytes())
 }
 
 // handshake sends Hello and reads Welcome.
@@ -347,6 +368,7 @@ func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
 		ProtocolVersion: syncv1.Version_VERSION_1,
 		GatewayId:       c.cfg.GatewayID,
 		SoftwareVersion: c.cfg.SoftwareVersion,
+		AcceptsCredit:   true,
 	}
 	if first, err := c.src.Read(0, 1, 1); err == nil && len(first) > 0 {
 		hello.FirstSeq = first[0].GetSeq() // informational: gaps from drop policies

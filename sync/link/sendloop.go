@@ -35,10 +35,11 @@ type sendLoop struct {
 	win      *flow.Window
 	maxFrame int
 
-	mu      sync.Mutex
-	lastAck uint64
-	ackCh   chan struct{} // cap 1: lastAck changed
-	errCh   chan error    // cap 1: the reader's final error
+	mu         sync.Mutex
+	lastAck    uint64
+	lastCredit *syncv1.Credit // latest credit not yet applied, or nil
+	ackCh      chan struct{}  // cap 1: lastAck or lastCredit changed
+	errCh      chan error     // cap 1: the reader's final error
 }
 
 // batch is one encoded Batch frame, ready to write.
@@ -89,9 +90,16 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 		wg.Wait()
 	}()
 
+	var held *batch // taken from the encoder, waiting for the window
 	for {
+		if held != nil && sl.win.CanSendSized(len(held.frame)) {
+			if err := sl.send(ctx, *held); err != nil {
+				return sl.preferPeerError(err)
+			}
+			held = nil
+		}
 		var next <-chan batch
-		if sl.win.CanSend() {
+		if held == nil && sl.win.CanSend() {
 			next = batches
 		}
 		select {
@@ -115,9 +123,7 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 			}
 			return err
 		case b := <-next:
-			if err := sl.send(ctx, b); err != nil {
-				return sl.preferPeerError(err)
-			}
+			held = &b
 		}
 	}
 }
@@ -271,7 +277,7 @@ func (sl *sendLoop) pause(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// send writes one batch; the window has room.
+// send writes one batch; the window has room for it.
 func (sl *sendLoop) send(ctx context.Context, b batch) error {
 	if wait := sl.c.bucket.Reserve(sl.c.cfg.Now(), len(b.frame)); wait > 0 {
 		sl.c.throttled.Add(int64(wait))
@@ -279,7 +285,7 @@ func (sl *sendLoop) send(ctx context.Context, b batch) error {
 			return err
 		}
 	}
-	if err := sl.win.OnSend(b.last); err != nil {
+	if err := sl.win.OnSendSized(b.last, len(b.frame)); err != nil {
 		return fmt.Errorf("source records out of order: %w", err)
 	}
 	if _, err := sl.str.Write(b.frame); err != nil {
@@ -293,12 +299,16 @@ func (sl *sendLoop) send(ctx context.Context, b batch) error {
 	return nil
 }
 
-// applyAck applies the latest cumulative ack to the window and posts it to
-// the source's acker.
+// applyAck applies the latest cumulative ack and credit to the window and
+// posts the ack to the source's acker.
 func (sl *sendLoop) applyAck() error {
 	sl.mu.Lock()
-	ack := sl.lastAck
+	ack, credit := sl.lastAck, sl.lastCredit
+	sl.lastCredit = nil
 	sl.mu.Unlock()
+	if credit != nil {
+		sl.c.applyCredit(sl.win, credit)
+	}
 	released, err := sl.win.OnAck(ack)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrProtocol, err)
@@ -323,6 +333,13 @@ func (sl *sendLoop) readLoop() error {
 			sl.mu.Lock()
 			seq := body.Ack.GetAckedSeq()
 			prev := sl.lastAck
+			credit := body.Ack.GetCredit()
+			if credit != nil {
+				sl.lastCredit = credit
+				// A credit repeats the cloud's last ack, which is below
+				// our start if the cloud lost records it once acked.
+				seq = max(seq, prev)
+			}
 			if seq >= prev {
 				sl.lastAck = seq
 			}

@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/flow"
 	"github.com/tributary-io/tributary/sync/pki"
 	"github.com/tributary-io/tributary/sync/wire"
 )
@@ -48,6 +48,18 @@ type ServerConfig struct {
 	MaxIdleTimeout time.Duration
 	// KeepAlivePeriod is the QUIC keep-alive period. Zero means 15 s.
 	KeepAlivePeriod time.Duration
+	// MaxBacklog is the flow-control threshold, in bytes of records the
+	// server has accepted and the Sink has not yet made durable (all
+	// gateways together). Gateways that accept credits get the full Window
+	// while the backlog is below half of it, a window shrinking towards 1
+	// above that, and a window of 0 (pause) from MaxBacklog on; see
+	// flow.Credit. Zero means 64 MiB; negative disables credits (every
+	// gateway keeps Window).
+	MaxBacklog int64
+	// WindowBytes caps the frame bytes a gateway that accepts credits may
+	// have unacknowledged (one batch is always allowed), announced in its
+	// credits and enforced. Zero means no byte cap.
+	WindowBytes int64
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -59,6 +71,7 @@ const (
 	defaultErrorLinger  = 2 * time.Second
 	defaultIdleTimeout  = 30 * time.Second
 	defaultKeepAlive    = 15 * time.Second
+	defaultMaxBacklog   = 64 << 20
 )
 
 // Validate reports a configuration that cannot work.
@@ -69,7 +82,7 @@ func (c *ServerConfig) Validate() error {
 	case c.TLS.ClientAuth != tls.RequireAndVerifyClientCert:
 		return errors.New("link: ServerConfig.TLS must require and verify client certificates")
 	case c.Window < 0, c.MaxFrameBytes < 0, c.MaxDecodedBytes < 0, c.HelloTimeout < 0,
-		c.ErrorLinger < 0, c.MaxIdleTimeout < 0, c.KeepAlivePeriod < 0:
+		c.ErrorLinger < 0, c.MaxIdleTimeout < 0, c.KeepAlivePeriod < 0, c.WindowBytes < 0:
 		return errors.New("link: ServerConfig fields must not be negative")
 	case c.MaxFrameBytes > wire.MaxFrameBytes:
 		return fmt.Errorf("link: ServerConfig.MaxFrameBytes above %d", wire.MaxFrameBytes)
@@ -102,6 +115,9 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.KeepAlivePeriod == 0 {
 		c.KeepAlivePeriod = defaultKeepAlive
 	}
+	if c.MaxBacklog == 0 {
+		c.MaxBacklog = defaultMaxBacklog
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -126,6 +142,12 @@ type ServerStats struct {
 	// ProtocolErrors counts sessions closed for a malformed or invalid
 	// frame; SinkErrors those closed because an append failed.
 	ProtocolErrors, SinkErrors uint64
+	// Backlog is the bytes of records handed to the Sink and not yet
+	// durable; Grant the window currently granted to gateways that accept
+	// credits. Credits counts Credit updates sent (in Acks, after Welcome).
+	Backlog int64
+	Grant   int
+	Credits uint64
 }
 
 // Server is the cloud side of sync links: it accepts gateways' QUIC
@@ -133,9 +155,9 @@ type ServerStats struct {
 // only once the Sink reported it durable.
 //
 // Goroutines: Serve runs the accept loop; each connection has a handler
-// goroutine that reads frames and one that writes acks. Lock order: Server.mu
-// before session.mu; session.wmu (frame writes) is never held while taking
-// either.
+// goroutine that reads frames and one that writes acks. Lock order:
+// Server.creditMu before Server.mu before session.mu; session.wmu (frame
+// writes) is never held while taking any of them.
 type Server struct {
 	cfg  ServerConfig
 	sink Sink
@@ -153,19 +175,54 @@ type Server struct {
 
 	accepted, superseded, refused         atomic.Uint64
 	batches, records, bytes, ackedBatches atomic.Uint64
-	protocolErrors, sinkErrors            atomic.Uint64
+	protocolErrors, sinkErrors, credits   atomic.Uint64
+
+	credit   flow.Credit
+	backlog  atomic.Int64 // bytes handed to the sink, not yet durable
+	creditMu sync.Mutex   // serialises regrant
+	grant    atomic.Int32 // flow.Credit.Grant of the backlog, as of the last regrant
 }
 
 // NewServer returns a Server appending to sink. cfg is checked by Serve.
 func NewServer(cfg ServerConfig, sink Sink) *Server {
 	cfg = cfg.withDefaults()
-	return &Server{
+	s := &Server{
 		cfg:      cfg,
 		sink:     sink,
 		log:      cfg.Logger,
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 		sessions: map[string]*session{},
+		credit:   flow.Credit{Window: cfg.Window, High: max(cfg.MaxBacklog, 0)},
+	}
+	s.grant.Store(int32(s.credit.Grant(0)))
+	return s
+}
+
+// addBacklog counts n bytes more (or, negative, fewer) handed to the sink
+// and not yet durable, and updates the grant.
+func (s *Server) addBacklog(n int64) {
+	s.backlog.Add(n)
+	s.regrant()
+}
+
+// regrant recomputes the window granted to gateways and, when it changed,
+// wakes every session so that it sends the new credit. It is serialised so
+// that the last call always publishes the grant of the latest backlog: a
+// stale pause with nothing left to complete would stall gateways for good.
+func (s *Server) regrant() {
+	s.creditMu.Lock()
+	defer s.creditMu.Unlock()
+	g := int32(s.credit.Grant(s.backlog.Load()))
+	if s.grant.Swap(g) == g {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.sessions {
+		if ss.acceptsCredit {
+			ss.signal()
+		}
 	}
 }
 
@@ -295,6 +352,9 @@ func (s *Server) Stats() ServerStats {
 		AckedBatches:   s.ackedBatches.Load(),
 		ProtocolErrors: s.protocolErrors.Load(),
 		SinkErrors:     s.sinkErrors.Load(),
+		Backlog:        s.backlog.Load(),
+		Grant:          int(s.grant.Load()),
+		Credits:        s.credits.Load(),
 	}
 }
 
@@ -361,6 +421,7 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 	}
 
 	ss := newSession(s, gw, conn, str)
+	ss.acceptsCredit = hello.GetAcceptsCredit()
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -393,241 +454,4 @@ func peerGateway(conn *quic.Conn) (string, error) {
 		return "", errors.New("no verified client certificate")
 	}
 	return pki.GatewayID(chains[0][0])
-}
-
-// session is one gateway's live connection on the server.
-type session struct {
-	srv  *Server
-	gw   string
-	conn *quic.Conn
-	str  *quic.Stream
-
-	wmu sync.Mutex // serialises writes to str; guards failed writes
-
-	mu      sync.Mutex
-	pending []*pendingBatch // appended, not yet acknowledged, in order
-	eof     bool            // the gateway closed its side of the stream
-
-	wake     chan struct{} // cap 1: a pending batch completed, or eof
-	failed   chan struct{} // closed by fail
-	failOnce sync.Once
-	code     syncv1.ErrorCode // set by fail before failed is closed
-	reason   string
-}
-
-type pendingBatch struct {
-	last uint64
-	done bool
-	err  error
-}
-
-func newSession(s *Server, gw string, conn *quic.Conn, str *quic.Stream) *session {
-	return &session{
-		srv: s, gw: gw, conn: conn, str: str,
-		wake:   make(chan struct{}, 1),
-		failed: make(chan struct{}),
-	}
-}
-
-func (ss *session) signal() {
-	select {
-	case ss.wake <- struct{}{}:
-	default:
-	}
-}
-
-// write sends one frame unless the session has failed.
-func (ss *session) write(f *syncv1.Frame) error {
-	ss.wmu.Lock()
-	defer ss.wmu.Unlock()
-	select {
-	case <-ss.failed:
-		return errors.New("session failed")
-	default:
-	}
-	// A gateway that stops reading must not pin this goroutine (and wmu)
-	// forever: QUIC keep-alives would keep the connection up.
-	_ = ss.str.SetWriteDeadline(time.Now().Add(ss.srv.cfg.MaxIdleTimeout))
-	return wire.WriteFrame(ss.str, f)
-}
-
-// fail ends the session with an Error frame: it is the last frame written,
-// the send side is closed, and run closes the connection with code once the
-// gateway closed it or ErrorLinger passed. Only the first call counts.
-func (ss *session) fail(code syncv1.ErrorCode, reason string) {
-	ss.failOnce.Do(func() {
-		ss.wmu.Lock()
-		defer ss.wmu.Unlock()
-		ss.code, ss.reason = code, reason
-		close(ss.failed)
-		_ = ss.str.SetWriteDeadline(time.Now().Add(ss.srv.cfg.ErrorLinger))
-		if err := wire.WriteFrame(ss.str, errorFrame(code, reason)); err == nil {
-			_ = ss.str.Close()
-		}
-		ss.str.CancelRead(quic.StreamErrorCode(code))
-	})
-}
-
-// run serves the session after Hello until it ends.
-func (ss *session) run(hello *syncv1.Hello) {
-	s := ss.srv
-	log := s.log.With("gateway", ss.gw, "remote", ss.conn.RemoteAddr().String())
-	hwm := s.sink.HighWaterMark(ss.gw)
-	err := ss.write(&syncv1.Frame{Body: &syncv1.Frame_Welcome{Welcome: &syncv1.Welcome{
-		ProtocolVersion: syncv1.Version_VERSION_1,
-		HighWaterMark:   hwm,
-		Window:          uint32(s.cfg.Window),
-		MaxFrameBytes:   uint32(s.cfg.MaxFrameBytes),
-	}}})
-	if err != nil {
-		log.Info("sync session lost before Welcome", "err", err)
-		_ = ss.conn.CloseWithError(0, "")
-		return
-	}
-	log.Info("sync session open", "high_water_mark", hwm, "software_version", hello.GetSoftwareVersion(), "first_seq", hello.GetFirstSeq())
-
-	ackerDone := make(chan struct{})
-	go func() {
-		defer close(ackerDone)
-		ss.ackLoop()
-	}()
-	readErr := ss.readLoop(hwm)
-	switch {
-	case readErr == nil:
-		// The gateway half-closed: wait for the acks of what it sent.
-		select {
-		case <-ackerDone:
-		case <-ss.failed:
-		case <-ss.conn.Context().Done():
-		}
-	case errors.Is(readErr, wire.ErrFrameTooLarge):
-		s.protocolErrors.Add(1)
-		ss.fail(syncv1.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE, readErr.Error())
-	case errors.Is(readErr, ErrProtocol), errors.Is(readErr, wire.ErrMalformed),
-		errors.Is(readErr, wire.ErrInvalidBatch), errors.Is(readErr, wire.ErrDecodedTooLarge),
-		errors.Is(readErr, io.ErrUnexpectedEOF):
-		s.protocolErrors.Add(1)
-		ss.fail(syncv1.ErrorCode_ERROR_CODE_PROTOCOL, readErr.Error())
-	}
-	var code syncv1.ErrorCode
-	select {
-	case <-ss.failed:
-		code = ss.code
-		log.Warn("sync session closed with error", "code", code.String(), "reason", ss.reason)
-		s.linger(ss.conn)
-		_ = ss.conn.CloseWithError(closeCode(code), ss.reason)
-	default:
-		log.Info("sync session closed", "err", readErr)
-		_ = ss.conn.CloseWithError(0, "")
-	}
-	ss.signal()
-	<-ackerDone
-}
-
-// readLoop reads batches and hands them to the sink until the stream ends
-// (nil), the connection fails (its error) or a frame breaks the protocol (an
-// error wrapping a wire sentinel or ErrProtocol). after is the sequence the
-// first batch must pass.
-func (ss *session) readLoop(after uint64) error {
-	s := ss.srv
-	r := &countingReader{r: ss.str}
-	for {
-		before := r.n
-		f, err := wire.ReadFrame(r, s.cfg.MaxFrameBytes)
-		if err != nil {
-			if err == io.EOF {
-				ss.mu.Lock()
-				ss.eof = true
-				ss.mu.Unlock()
-				ss.signal()
-				return nil
-			}
-			return err
-		}
-		b := f.GetBatch()
-		if b == nil {
-			return fmt.Errorf("%w: expected Batch, got %s", ErrProtocol, frameKind(f))
-		}
-		recs, err := wire.DecodeBatchRaw(b, s.cfg.MaxDecodedBytes)
-		if err != nil {
-			return err
-		}
-		if first := recs[0].Seq; first <= after {
-			return fmt.Errorf("%w: batch starts at seq %d, not above %d", ErrProtocol, first, after)
-		}
-		after = b.GetLastSeq()
-		pb := &pendingBatch{last: after}
-		ss.mu.Lock()
-		if len(ss.pending) >= s.cfg.Window {
-			ss.mu.Unlock()
-			return fmt.Errorf("%w: more than %d batches unacknowledged", ErrProtocol, s.cfg.Window)
-		}
-		ss.pending = append(ss.pending, pb)
-		ss.mu.Unlock()
-		s.batches.Add(1)
-		s.records.Add(uint64(len(recs)))
-		s.bytes.Add(uint64(r.n - before))
-		s.sink.AppendAsync(ss.gw, recs, func(err error) {
-			ss.mu.Lock()
-			pb.done, pb.err = true, err
-			ss.mu.Unlock()
-			ss.signal()
-		})
-	}
-}
-
-// ackLoop writes an Ack for each completed batch, strictly in batch order,
-// and fails the session at the first append error. It returns when the
-// session failed, the connection closed, or the gateway half-closed and
-// every batch was acknowledged.
-func (ss *session) ackLoop() {
-	s := ss.srv
-	for {
-		select {
-		case <-ss.wake:
-		case <-ss.failed:
-			return
-		case <-ss.conn.Context().Done():
-			return
-		}
-		ss.mu.Lock()
-		var last uint64
-		n := 0
-		var appendErr error
-		for n < len(ss.pending) && ss.pending[n].done {
-			if appendErr = ss.pending[n].err; appendErr != nil {
-				break
-			}
-			last = ss.pending[n].last
-			n++
-		}
-		ss.pending = ss.pending[n:]
-		drained := ss.eof && len(ss.pending) == 0
-		ss.mu.Unlock()
-		if n > 0 {
-			if err := ss.write(&syncv1.Frame{Body: &syncv1.Frame_Ack{Ack: &syncv1.Ack{AckedSeq: last}}}); err != nil {
-				return
-			}
-			s.ackedBatches.Add(uint64(n))
-		}
-		if appendErr != nil {
-			s.sinkErrors.Add(1)
-			ss.fail(syncv1.ErrorCode_ERROR_CODE_INTERNAL, "append failed: "+appendErr.Error())
-			return
-		}
-		if drained {
-			return
-		}
-	}
-}
-
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
 }

@@ -17,6 +17,12 @@
 //   cloud   -> gateway Ack (cumulative; sent only after the records are durable
 //                      in the central log)
 //
+// Flow control: a gateway that sets Hello.accepts_credit lets the cloud size
+// its window as it goes. Welcome.credit and any later Ack.credit replace the
+// batches (and bytes) it may have unacknowledged; an Ack may repeat the last
+// acked_seq only to carry a Credit. Gateways that do not set it keep
+// Welcome.window for the whole session.
+//
 // Compatibility: fields are only ever added. A peer ignores unknown fields. A
 // change that an old peer cannot ignore bumps protocol_version.
 
@@ -341,7 +347,9 @@ type Hello struct {
 	// first_seq is the lowest sequence still held in the gateway's outbox (0 if
 	// it is empty). Informational: lets the cloud report gaps caused by
 	// configured drop policies.
-	FirstSeq      uint64 `protobuf:"varint,4,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	FirstSeq uint64 `protobuf:"varint,4,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
+	// accepts_credit says the gateway honours Welcome.credit and Ack.credit.
+	AcceptsCredit bool `protobuf:"varint,5,opt,name=accepts_credit,json=acceptsCredit,proto3" json:"accepts_credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -404,6 +412,13 @@ func (x *Hello) GetFirstSeq() uint64 {
 	return 0
 }
 
+func (x *Hello) GetAcceptsCredit() bool {
+	if x != nil {
+		return x.AcceptsCredit
+	}
+	return false
+}
+
 // Welcome accepts a session.
 type Welcome struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -416,6 +431,9 @@ type Welcome struct {
 	Window uint32 `protobuf:"varint,3,opt,name=window,proto3" json:"window,omitempty"`
 	// max_frame_bytes is the largest frame the cloud accepts.
 	MaxFrameBytes uint32 `protobuf:"varint,4,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
+	// credit, sent only to gateways that set Hello.accepts_credit, is the
+	// session's first credit; it takes precedence over window.
+	Credit        *Credit `protobuf:"bytes,5,opt,name=credit,proto3" json:"credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -478,6 +496,74 @@ func (x *Welcome) GetMaxFrameBytes() uint32 {
 	return 0
 }
 
+func (x *Welcome) GetCredit() *Credit {
+	if x != nil {
+		return x.Credit
+	}
+	return nil
+}
+
+// Credit is what the cloud lets a gateway have unacknowledged from now on.
+// It replaces the previous credit. The cloud lowers it when its log falls
+// behind (its append backlog grows) and raises it again as the backlog
+// drains. A lower credit does not recall batches already sent: the gateway
+// sends again once acks bring it below the new credit.
+type Credit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// window is the number of batches; 0 pauses sending until a later Credit.
+	Window uint32 `protobuf:"varint,1,opt,name=window,proto3" json:"window,omitempty"`
+	// window_bytes caps the frame bytes (length prefixes included) of those
+	// batches; 0 means no byte cap. A gateway with nothing unacknowledged may
+	// always send one batch, however large, if window is not 0.
+	WindowBytes   uint64 `protobuf:"varint,2,opt,name=window_bytes,json=windowBytes,proto3" json:"window_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Credit) Reset() {
+	*x = Credit{}
+	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Credit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Credit) ProtoMessage() {}
+
+func (x *Credit) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Credit.ProtoReflect.Descriptor instead.
+func (*Credit) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Credit) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+func (x *Credit) GetWindowBytes() uint64 {
+	if x != nil {
+		return x.WindowBytes
+	}
+	return 0
+}
+
 // Batch carries consecutive outbox records in ascending sequence order.
 // Sequences need not be contiguous (local drop policies leave gaps) but must
 // increase strictly, within a batch and across the batches of a session.
@@ -496,7 +582,7 @@ type Batch struct {
 
 func (x *Batch) Reset() {
 	*x = Batch{}
-	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_sync_v1_sync_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -508,7 +594,7 @@ func (x *Batch) String() string {
 func (*Batch) ProtoMessage() {}
 
 func (x *Batch) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[3]
+	mi := &file_sync_v1_sync_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -521,7 +607,7 @@ func (x *Batch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Batch.ProtoReflect.Descriptor instead.
 func (*Batch) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Batch) GetLastSeq() uint64 {
@@ -561,7 +647,7 @@ type RecordList struct {
 
 func (x *RecordList) Reset() {
 	*x = RecordList{}
-	mi := &file_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_sync_v1_sync_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +659,7 @@ func (x *RecordList) String() string {
 func (*RecordList) ProtoMessage() {}
 
 func (x *RecordList) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[4]
+	mi := &file_sync_v1_sync_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +672,7 @@ func (x *RecordList) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordList.ProtoReflect.Descriptor instead.
 func (*RecordList) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{4}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RecordList) GetRecords() []*Record {
@@ -611,7 +697,7 @@ type Record struct {
 
 func (x *Record) Reset() {
 	*x = Record{}
-	mi := &file_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_sync_v1_sync_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -623,7 +709,7 @@ func (x *Record) String() string {
 func (*Record) ProtoMessage() {}
 
 func (x *Record) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[5]
+	mi := &file_sync_v1_sync_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -636,7 +722,7 @@ func (x *Record) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Record.ProtoReflect.Descriptor instead.
 func (*Record) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{5}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Record) GetSeq() uint64 {
@@ -663,15 +749,18 @@ func (x *Record) GetPriority() uint32 {
 // Ack is cumulative: every record of this gateway with seq <= acked_seq is
 // durable in the central log (fsync'd, or replicated to a quorum).
 type Ack struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	AckedSeq      uint64                 `protobuf:"varint,1,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	AckedSeq uint64                 `protobuf:"varint,1,opt,name=acked_seq,json=ackedSeq,proto3" json:"acked_seq,omitempty"`
+	// credit, if set, replaces the gateway's credit (see Credit). Sent only
+	// to gateways that set Hello.accepts_credit.
+	Credit        *Credit `protobuf:"bytes,2,opt,name=credit,proto3" json:"credit,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_sync_v1_sync_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -683,7 +772,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[6]
+	mi := &file_sync_v1_sync_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -696,7 +785,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{6}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Ack) GetAckedSeq() uint64 {
@@ -704,6 +793,13 @@ func (x *Ack) GetAckedSeq() uint64 {
 		return x.AckedSeq
 	}
 	return 0
+}
+
+func (x *Ack) GetCredit() *Credit {
+	if x != nil {
+		return x.Credit
+	}
+	return nil
 }
 
 // Error is the last frame before the sender closes the connection.
@@ -717,7 +813,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_sync_v1_sync_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -729,7 +825,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_sync_v1_sync_proto_msgTypes[7]
+	mi := &file_sync_v1_sync_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -742,7 +838,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_sync_v1_sync_proto_rawDescGZIP(), []int{7}
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -770,18 +866,23 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x05batch\x18\x03 \x01(\v2\x18.tributary.sync.v1.BatchH\x00R\x05batch\x12*\n" +
 	"\x03ack\x18\x04 \x01(\v2\x16.tributary.sync.v1.AckH\x00R\x03ack\x120\n" +
 	"\x05error\x18\x05 \x01(\v2\x18.tributary.sync.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"\xb5\x01\n" +
+	"\x04body\"\xdc\x01\n" +
 	"\x05Hello\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12)\n" +
 	"\x10software_version\x18\x03 \x01(\tR\x0fsoftwareVersion\x12\x1b\n" +
-	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\"\xb8\x01\n" +
+	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\x12%\n" +
+	"\x0eaccepts_credit\x18\x05 \x01(\bR\racceptsCredit\"\xeb\x01\n" +
 	"\aWelcome\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12&\n" +
 	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark\x12\x16\n" +
 	"\x06window\x18\x03 \x01(\rR\x06window\x12&\n" +
-	"\x0fmax_frame_bytes\x18\x04 \x01(\rR\rmaxFrameBytes\"\x8b\x01\n" +
+	"\x0fmax_frame_bytes\x18\x04 \x01(\rR\rmaxFrameBytes\x121\n" +
+	"\x06credit\x18\x05 \x01(\v2\x19.tributary.sync.v1.CreditR\x06credit\"C\n" +
+	"\x06Credit\x12\x16\n" +
+	"\x06window\x18\x01 \x01(\rR\x06window\x12!\n" +
+	"\fwindow_bytes\x18\x02 \x01(\x04R\vwindowBytes\"\x8b\x01\n" +
 	"\x05Batch\x12\x19\n" +
 	"\blast_seq\x18\x01 \x01(\x04R\alastSeq\x127\n" +
 	"\bencoding\x18\x02 \x01(\x0e2\x1b.tributary.sync.v1.EncodingR\bencoding\x12\x18\n" +
@@ -793,9 +894,10 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x06Record\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\x05event\x18\x02 \x01(\v2\x1d.io.cloudevents.v1.CloudEventR\x05event\x12\x1a\n" +
-	"\bpriority\x18\x03 \x01(\rR\bpriority\"\"\n" +
+	"\bpriority\x18\x03 \x01(\rR\bpriority\"U\n" +
 	"\x03Ack\x12\x1b\n" +
-	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\"S\n" +
+	"\tacked_seq\x18\x01 \x01(\x04R\backedSeq\x121\n" +
+	"\x06credit\x18\x02 \x01(\v2\x19.tributary.sync.v1.CreditR\x06credit\"S\n" +
 	"\x05Error\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.tributary.sync.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage*1\n" +
@@ -827,7 +929,7 @@ func file_sync_v1_sync_proto_rawDescGZIP() []byte {
 }
 
 var file_sync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_sync_v1_sync_proto_goTypes = []any{
 	(Version)(0),          // 0: tributary.sync.v1.Version
 	(Encoding)(0),         // 1: tributary.sync.v1.Encoding
@@ -835,30 +937,33 @@ var file_sync_v1_sync_proto_goTypes = []any{
 	(*Frame)(nil),         // 3: tributary.sync.v1.Frame
 	(*Hello)(nil),         // 4: tributary.sync.v1.Hello
 	(*Welcome)(nil),       // 5: tributary.sync.v1.Welcome
-	(*Batch)(nil),         // 6: tributary.sync.v1.Batch
-	(*RecordList)(nil),    // 7: tributary.sync.v1.RecordList
-	(*Record)(nil),        // 8: tributary.sync.v1.Record
-	(*Ack)(nil),           // 9: tributary.sync.v1.Ack
-	(*Error)(nil),         // 10: tributary.sync.v1.Error
-	(*pb.CloudEvent)(nil), // 11: io.cloudevents.v1.CloudEvent
+	(*Credit)(nil),        // 6: tributary.sync.v1.Credit
+	(*Batch)(nil),         // 7: tributary.sync.v1.Batch
+	(*RecordList)(nil),    // 8: tributary.sync.v1.RecordList
+	(*Record)(nil),        // 9: tributary.sync.v1.Record
+	(*Ack)(nil),           // 10: tributary.sync.v1.Ack
+	(*Error)(nil),         // 11: tributary.sync.v1.Error
+	(*pb.CloudEvent)(nil), // 12: io.cloudevents.v1.CloudEvent
 }
 var file_sync_v1_sync_proto_depIdxs = []int32{
 	4,  // 0: tributary.sync.v1.Frame.hello:type_name -> tributary.sync.v1.Hello
 	5,  // 1: tributary.sync.v1.Frame.welcome:type_name -> tributary.sync.v1.Welcome
-	6,  // 2: tributary.sync.v1.Frame.batch:type_name -> tributary.sync.v1.Batch
-	9,  // 3: tributary.sync.v1.Frame.ack:type_name -> tributary.sync.v1.Ack
-	10, // 4: tributary.sync.v1.Frame.error:type_name -> tributary.sync.v1.Error
+	7,  // 2: tributary.sync.v1.Frame.batch:type_name -> tributary.sync.v1.Batch
+	10, // 3: tributary.sync.v1.Frame.ack:type_name -> tributary.sync.v1.Ack
+	11, // 4: tributary.sync.v1.Frame.error:type_name -> tributary.sync.v1.Error
 	0,  // 5: tributary.sync.v1.Hello.protocol_version:type_name -> tributary.sync.v1.Version
 	0,  // 6: tributary.sync.v1.Welcome.protocol_version:type_name -> tributary.sync.v1.Version
-	1,  // 7: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
-	8,  // 8: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
-	11, // 9: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
-	2,  // 10: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 7: tributary.sync.v1.Welcome.credit:type_name -> tributary.sync.v1.Credit
+	1,  // 8: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
+	9,  // 9: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
+	12, // 10: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
+	6,  // 11: tributary.sync.v1.Ack.credit:type_name -> tributary.sync.v1.Credit
+	2,  // 12: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_sync_v1_sync_proto_init() }
@@ -879,7 +984,7 @@ func file_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sync_v1_sync_proto_rawDesc), len(file_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
