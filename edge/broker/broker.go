@@ -106,6 +106,9 @@ type Broker struct {
 	router *router
 	now    func() time.Time
 	auth   Authorizer
+	// inflightSweep is how often mochi sweeps expired in-flight messages
+	// (inflightSweepInterval; tests shorten it).
+	inflightSweep time.Duration
 
 	srv    *mqtt.Server
 	inline *mqtt.Client
@@ -150,14 +153,15 @@ func New(cfg Config, ob Outbox, logger *slog.Logger) (*Broker, error) {
 		auth = c
 	}
 	return &Broker{
-		cfg:      cfg,
-		ob:       ob,
-		log:      logger,
-		router:   newRouter(cfg.Forwarding),
-		now:      time.Now,
-		auth:     auth,
-		closing:  make(chan struct{}),
-		sessions: make(map[*mqtt.Client]*session),
+		cfg:           cfg,
+		ob:            ob,
+		log:           logger,
+		router:        newRouter(cfg.Forwarding),
+		now:           time.Now,
+		auth:          auth,
+		inflightSweep: inflightSweepInterval,
+		closing:       make(chan struct{}),
+		sessions:      make(map[*mqtt.Client]*session),
 	}, nil
 }
 
@@ -215,6 +219,9 @@ func (b *Broker) Start() error {
 		InlineClient:           true,
 		SysTopicResendInterval: 10,
 	})
+	if err := slowInflightSweep(srv, b.inflightSweep); err != nil {
+		b.log.Warn("mochi sweeps in-flight messages every second", "error", err)
+	}
 	inline, ok := srv.Clients.Get(mqtt.InlineClientId)
 	if !ok {
 		return errors.New("broker: mochi has no inline client")

@@ -132,6 +132,8 @@ type Limits struct {
 	// retained on a topic lives in memory (mochi
 	// MaximumMessageExpiryInterval; a publisher's shorter MQTT 5 expiry still
 	// wins). The durable copy of forwarded messages is the outbox, not this.
+	// A message already sent to a subscriber and awaiting its PUBACK is
+	// checked once a minute, so it may outlive the cap by up to a minute.
 	// 0 means 1 hour; negative means no cap. Whole seconds.
 	MessageExpiry time.Duration `yaml:"message_expiry"`
 	// SessionExpiry caps how long the session (subscriptions, queued
