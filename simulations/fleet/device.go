@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,7 +18,10 @@ import (
 // the gateway acknowledged the previous one. While the gateway does not
 // answer (it is down, or refuses because its disk is full), the queue grows,
 // as a sensor's buffer would, and drains once it answers again. A failed
-// attempt is retried with the same message.
+// attempt is retried with the same message; paho may still hold the failed
+// attempt and resend it after a reconnect, so a retried message can reach
+// the log twice, under two outbox records (a device resend, which MQTT QoS 1
+// allows; the ledger counts it apart from duplicates).
 //
 // One message in flight keeps each device's order through reconnects: paho
 // resends an unacknowledged publish when it reconnects, and a second
@@ -29,8 +33,41 @@ type device struct {
 	led         *ledger.Ledger
 	ser         *series
 	client      mqtt.Client
+	errs        *tally       // publish errors, by message
 	queued      atomic.Int64 // messages created and not yet acknowledged
 	n           uint64
+}
+
+// tally counts strings; safe for concurrent use.
+type tally struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (t *tally) add(s string) {
+	t.mu.Lock()
+	if t.m == nil {
+		t.m = map[string]int{}
+	}
+	if _, ok := t.m[s]; ok || len(t.m) < 20 {
+		t.m[s]++
+	} else {
+		t.m["(other errors)"]++
+	}
+	t.mu.Unlock()
+}
+
+func (t *tally) snapshot() map[string]int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if len(t.m) == 0 {
+		return nil
+	}
+	out := make(map[string]int, len(t.m))
+	for k, v := range t.m {
+		out[k] = v
+	}
+	return out
 }
 
 // devStream is one stream as a device publishes it.
@@ -130,6 +167,7 @@ func (d *device) run(ctx context.Context, start time.Time, stopCreating <-chan s
 			k := queue[0].key
 			if err := tok.Error(); err != nil {
 				d.led.Failed(k)
+				d.errs.add(err.Error())
 				retry = time.After(backoff)
 				backoff = min(2*backoff, 2*time.Second)
 				continue

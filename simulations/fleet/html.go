@@ -158,8 +158,12 @@ func (c chart) marks(b *strings.Builder, top, bottom float64) {
 		if t < 0 {
 			return
 		}
-		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="3,3"/><text x="%.1f" y="%.1f" fill="%s" font-size="10">%s</text>`,
-			c.x(t), top, c.x(t), bottom, color, c.x(t)+3, top+10, color, label)
+		tx, anchor := c.x(t)+3, "start"
+		if tx > cw-padR-110 {
+			tx, anchor = c.x(t)-3, "end"
+		}
+		fmt.Fprintf(b, `<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="3,3"/><text x="%.1f" y="%.1f" fill="%s" font-size="10" text-anchor="%s">%s</text>`,
+			c.x(t), top, c.x(t), bottom, color, tx, top+10, color, anchor, label)
 	}
 	mark(c.rep.PublishEndS, "publishing ends", "#555")
 	if c.rep.DrainedAtS >= 0 && c.rep.Result.Faults > 0 {
@@ -382,6 +386,7 @@ type pageData struct {
 	Charts   []template.HTML
 	Drops    []kv
 	DLReason []kv
+	DevErrs  []kv
 	Gateways []GatewayReport
 	GWNote   string
 }
@@ -402,7 +407,7 @@ func sortedKV(m map[string]int) []kv {
 
 // WriteHTML writes the report as one self-contained HTML page.
 func (rep *Report) WriteHTML(w io.Writer) error {
-	d := pageData{R: rep, OK: rep.Result.OK(), Charts: rep.charts(), Drops: sortedKV(rep.Result.Drops), DLReason: sortedKV(rep.Result.DeadLetterReasons)}
+	d := pageData{R: rep, OK: rep.Result.OK(), Charts: rep.charts(), Drops: sortedKV(rep.Result.Drops), DLReason: sortedKV(rep.Result.DeadLetterReasons), DevErrs: sortedKV(rep.DevicePublishErrors)}
 	d.Gateways = rep.Gateways
 	if len(d.Gateways) > 25 {
 		// A large fleet: the gateways that had something happen, then the
@@ -442,7 +447,7 @@ h1{font-size:22px;margin-bottom:4px} h2{font-size:16px;margin-top:28px}
 .bad{color:#fff;background:#d62728;padding:2px 8px;border-radius:4px}
 table{border-collapse:collapse;font-size:13px;margin:6px 0}
 td,th{border:1px solid #ddd;padding:3px 8px;text-align:right} th{background:#f4f4f4} td.l,th.l{text-align:left}
-.figs td{min-width:90px} .muted{color:#666;font-size:13px} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
+.figs td,.figs th{min-width:96px} td.hot{background:#fdd;font-weight:bold} .muted{color:#666;font-size:13px} pre{background:#f7f7f7;padding:8px;font-size:12px;overflow:auto}
 svg{display:block;margin:10px 0}
 </style></head><body>
 <h1>fleetsim report: {{.R.Result.Scenario}} {{if .OK}}<span class="ok">contracts kept</span>{{else}}<span class="bad">CONTRACT BROKEN</span>{{end}}</h1>
@@ -450,13 +455,16 @@ svg{display:block;margin:10px 0}
 <div class="muted">Started {{.R.Started.Format "2006-01-02 15:04:05 MST"}}; mode {{.R.Result.Mode}}; {{.R.Result.Gateways}} gateways, {{.R.Result.Devices}} devices, publishing for {{f1 .R.Result.DurationS}} s, {{len .R.Faults}} faults.</div>
 
 <h2>Every message accounted for</h2>
-<table class="figs"><tr><th>created</th><th>acknowledged</th><th>in the log</th><th>delivered</th><th>dropped by policy</th><th>lost</th><th>duplicates in log</th><th>device resends</th><th>redeliveries</th><th>out of order</th><th>unknown</th></tr>
-<tr><td>{{.R.Result.Published}}</td><td>{{.R.Result.Acked}}</td><td>{{.R.Result.InLog}}</td><td>{{.R.Result.Delivered}}</td><td>{{.R.Result.Dropped}}</td><td>{{.R.Result.Lost}}</td><td>{{.R.Result.Duplicates}}</td><td>{{.R.Result.DeviceResends}}</td><td>{{.R.Result.Redeliveries}}</td><td>{{.R.Result.OutOfOrder}}</td><td>{{.R.Result.Unknown}}</td></tr></table>
-<table class="figs"><tr><th>never acknowledged</th><th>publishes refused by gateways</th><th>latency p50</th><th>p99</th><th>max</th><th>backlog drained in</th><th>publish rate</th></tr>
-<tr><td>{{.R.Result.Failed}}</td><td>{{.R.Result.RefusedPublishes}}</td><td>{{f1 .R.Result.P50ms}} ms</td><td>{{f1 .R.Result.P99ms}} ms</td><td>{{f0 .R.Result.MaxMs}} ms</td><td>{{if .R.Result.Drained}}{{f1 .R.Result.DrainS}} s{{else}}did not drain ({{f1 .R.Result.DrainS}} s){{end}}</td><td>{{f0 .R.Result.PublishRate}} msg/s</td></tr></table>
+<table class="figs"><tr><th>created</th><th>acknowledged</th><th>in the log</th><th>delivered</th><th>dropped by policy</th><th>lost</th><th>duplicates in log</th></tr>
+<tr><td>{{.R.Result.Published}}</td><td>{{.R.Result.Acked}}</td><td>{{.R.Result.InLog}}</td><td>{{.R.Result.Delivered}}</td><td>{{.R.Result.Dropped}}</td><td class="{{if .R.Result.Lost}}hot{{end}}">{{.R.Result.Lost}}</td><td class="{{if .R.Result.Duplicates}}hot{{end}}">{{.R.Result.Duplicates}}</td></tr></table>
+<table class="figs"><tr><th>out of order</th><th>unknown</th><th>device resends</th><th>redeliveries</th><th>never acknowledged</th><th>publishes refused by gateways</th></tr>
+<tr><td class="{{if .R.Result.OutOfOrder}}hot{{end}}">{{.R.Result.OutOfOrder}}</td><td class="{{if .R.Result.Unknown}}hot{{end}}">{{.R.Result.Unknown}}</td><td>{{.R.Result.DeviceResends}}</td><td>{{.R.Result.Redeliveries}}</td><td>{{.R.Result.Failed}}</td><td>{{.R.Result.RefusedPublishes}}</td></tr></table>
+<table class="figs"><tr><th>backlog drained in</th><th>latency p50</th><th>p99</th><th>max</th><th>publish rate</th></tr>
+<tr><td>{{if .R.Result.Drained}}{{f1 .R.Result.DrainS}} s{{else}}did not drain ({{f1 .R.Result.DrainS}} s){{end}}</td><td>{{f1 .R.Result.P50ms}} ms</td><td>{{f1 .R.Result.P99ms}} ms</td><td>{{f0 .R.Result.MaxMs}} ms</td><td>{{f0 .R.Result.PublishRate}} msg/s</td></tr></table>
 <p class="muted">Delivered: in the central log and delivered by every subscription expecting it. Dropped by policy: dead-lettered by a subscription after its retries, or deleted by a gateway's outbox policy and counted by it. Lost: acknowledged to the device, and neither. Duplicates: one outbox record twice in the log (forbidden). Device resends: a device resent a message after a lost PUBACK (MQTT QoS 1 allows it). "Backlog drained in" counts from the end of the last fault{{if not .R.Faults}} (here: the end of publishing){{end}} until every message created before it was settled.</p>
 {{if .Drops}}<table><tr><th class="l">drop reason</th><th>count</th></tr>{{range .Drops}}<tr><td class="l">{{.K}}</td><td>{{.V}}</td></tr>{{end}}</table>{{end}}
 {{if .DLReason}}<table><tr><th class="l">dead-letter reason</th><th>count</th></tr>{{range .DLReason}}<tr><td class="l">{{.K}}</td><td>{{.V}}</td></tr>{{end}}</table>{{end}}
+{{if .DevErrs}}<table><tr><th class="l">device publish error (retried)</th><th>count</th></tr>{{range .DevErrs}}<tr><td class="l">{{.K}}</td><td>{{.V}}</td></tr>{{end}}</table>{{end}}
 
 <h2>Charts</h2>
 {{range .Charts}}{{.}}{{end}}

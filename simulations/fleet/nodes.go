@@ -131,5 +131,9 @@ func decodeLogValue(r *logRecord, value []byte) error {
 	return nil
 }
 
-func filterPrefix(p string) filter.Filter { return filter.Filter{Prefix: map[string]string{"subject": p}} }
-func filterSuffix(p string) filter.Filter { return filter.Filter{Suffix: map[string]string{"subject": p}} }
+func filterPrefix(p string) filter.Filter {
+	return filter.Filter{Prefix: map[string]string{"subject": p}}
+}
+func filterSuffix(p string) filter.Filter {
+	return filter.Filter{Suffix: map[string]string{"subject": p}}
+}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -98,7 +99,7 @@ func (c *procCloud) SyncAddr() string {
 	return "127.0.0.1:" + strconv.Itoa(c.opts.SyncPort)
 }
 
-func (c *procCloud) PKIDir() string { return c.opts.DataDir + "/pki" }
+func (c *procCloud) PKIDir() string { return filepath.Join(c.opts.DataDir, "pki") }
 
 func (c *procCloud) NextOffset() uint64 {
 	c.mu.Lock()
@@ -121,7 +122,7 @@ func (c *procCloud) ReadLog(from uint64, max int, fn func(logRecord)) (uint64, e
 	if pc == nil {
 		return from, errDown
 	}
-	resp, err := httpc.Get(fmt.Sprintf("%s/v1/events?from=%d&limit=%d", pc.APIURL, from, min(max, 10000)))
+	resp, err := pc.Get(fmt.Sprintf("/v1/events?from=%d&limit=%d", from, min(max, 10000)))
 	if err != nil {
 		return from, fmt.Errorf("%w: %w", errDown, err)
 	}

@@ -58,6 +58,9 @@ type Report struct {
 	Faults      []FaultRecord   `json:"faults"`
 	Gateways    []GatewayReport `json:"gateways"`
 	Sinks       []SinkReport    `json:"sinks"`
+	// DevicePublishErrors counts the devices' failed publish attempts by
+	// error (each was retried).
+	DevicePublishErrors map[string]int `json:"device_publish_errors,omitempty"`
 	// Notes qualify the figures (how kills were done, what was not
 	// counted).
 	Notes []string `json:"notes,omitempty"`
@@ -105,7 +108,7 @@ func (r *runner) report(res Result, started, pubEnd, mark, drainedAt, end time.T
 	rep := &Report{
 		Result: res, Description: r.sc.Description, Started: started,
 		PublishEndS: rel(pubEnd), DrainFromS: rel(mark), DrainedAtS: rel(drainedAt), EndS: rel(end),
-		Notes: r.notes,
+		Notes: r.notes, DevicePublishErrors: r.devErrs.snapshot(),
 	}
 	if p, ok := r.logProblem.Load().(string); ok && p != "" {
 		rep.Notes = append(rep.Notes, "reading the central log while running: "+p)

@@ -72,6 +72,7 @@ type runner struct {
 	relays  []*faultnet.Relay
 	mounts  []string
 	devices []*device
+	devErrs tally
 	notes   []string
 
 	baseCtx    context.Context // the nodes' lifetime
@@ -215,7 +216,7 @@ func (r *runner) setup() error {
 				return err
 			}
 			if bins, err = procs.Build(ctx, bdir, false); err != nil {
-				return err
+				return fmt.Errorf("build the binaries for child processes (run from within the repository, or give prebuilt ones): %w", err)
 			}
 		}
 		pc, err := newProcCloud(bins, cloudCfg.DataDir, filepath.Join(r.dir, "cloud.yaml"), server.Config{Subscriptions: cloudCfg.Subscriptions})
@@ -334,7 +335,7 @@ func (r *runner) makeDevices() []*device {
 		}
 		d := &device{
 			id: fmt.Sprintf("dev-%0*d", width, i+1), gateway: r.gwIDs[g], addr: r.edges[g].MQTTAddr(),
-			led: r.led, ser: r.ser,
+			led: r.led, ser: r.ser, errs: &r.devErrs,
 		}
 		for _, st := range sc.Streams {
 			// A share s of the devices, evenly spread: device i takes the

@@ -9,7 +9,9 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -251,6 +253,9 @@ func ParseScenario(data []byte) (Scenario, error) {
 		if errors.Is(err, io.EOF) {
 			err = errors.New("empty document")
 		}
+		if field := fieldAt(data, err); field != "" {
+			return Scenario{}, &FieldError{Field: field, Err: err}
+		}
 		return Scenario{}, fmt.Errorf("%w: %w", ErrScenario, err)
 	}
 	var extra yaml.Node
@@ -258,6 +263,54 @@ func ParseScenario(data []byte) (Scenario, error) {
 		return Scenario{}, fmt.Errorf("%w: a scenario file holds one YAML document", ErrScenario)
 	}
 	return s, s.Validate()
+}
+
+var lineRe = regexp.MustCompile(`line (\d+):`)
+
+// fieldAt names the field a decoding error points at: yaml.v3 reports the
+// line only ("line 3: cannot unmarshal !!str into int"), so the YAML is
+// walked to the key or item on that line. "" if none is found.
+func fieldAt(data []byte, err error) string {
+	m := lineRe.FindStringSubmatch(err.Error())
+	if m == nil {
+		return ""
+	}
+	line, _ := strconv.Atoi(m[1])
+	var root yaml.Node
+	if yaml.Unmarshal(data, &root) != nil || len(root.Content) == 0 {
+		return ""
+	}
+	var walk func(n *yaml.Node, path string) string
+	walk = func(n *yaml.Node, path string) string {
+		switch n.Kind {
+		case yaml.MappingNode:
+			for i := 0; i+1 < len(n.Content); i += 2 {
+				k, v := n.Content[i], n.Content[i+1]
+				p := k.Value
+				if path != "" {
+					p = path + "." + k.Value
+				}
+				if f := walk(v, p); f != "" {
+					return f
+				}
+				if k.Line == line {
+					return p
+				}
+			}
+		case yaml.SequenceNode:
+			for i, v := range n.Content {
+				p := fmt.Sprintf("%s[%d]", path, i)
+				if f := walk(v, p); f != "" {
+					return f
+				}
+				if v.Line == line && v.Kind == yaml.ScalarNode {
+					return p
+				}
+			}
+		}
+		return ""
+	}
+	return walk(root.Content[0], "")
 }
 
 // LoadScenario returns a shipped scenario by name (see ShippedScenarios) or

@@ -71,6 +71,7 @@ Flags:
 	scenario := fs.String("scenario", "", "run this shipped `scenario` or YAML file")
 	list := fs.Bool("list", false, "list the shipped scenarios and exit")
 	processes := fs.Bool("processes", false, "run edge and cloud as child processes (kill faults are SIGKILL), whatever the scenario says")
+	binDir := fs.String("bin-dir", "", "`directory` holding prebuilt tributary-edge and tributary-cloud for child processes (default: build them with the go command, from within the repository)")
 	reportPath := fs.String("report", "", "write the HTML report to this `file` (default with -scenario: fleetsim-<scenario>.html)")
 	jsonPath := fs.String("json", "", "write the JSON summary to this `file` (default with -scenario: fleetsim-<scenario>.json)")
 	verbose := fs.Bool("v", false, "show the parts' logs")
@@ -169,9 +170,12 @@ Flags:
 		rep, err = fleet.RunQuickstart(ctx, o)
 	} else {
 		fmt.Fprintf(os.Stderr, "fleetsim: scenario %s: %s\n", sc.Name, sc.Description)
-		rep, err = fleet.RunScenario(ctx, sc, fleet.RunOptions{
-			Processes: *processes, DataDir: o.DataDir, Progress: os.Stderr, Logger: o.Logger,
-		})
+		ro := fleet.RunOptions{Processes: *processes, DataDir: o.DataDir, Progress: os.Stderr, Logger: o.Logger}
+		if *binDir != "" {
+			ro.Binaries.Edge = filepath.Join(*binDir, "tributary-edge")
+			ro.Binaries.Cloud = filepath.Join(*binDir, "tributary-cloud")
+		}
+		rep, err = fleet.RunScenario(ctx, sc, ro)
 	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "fleetsim: %v\n", err)
