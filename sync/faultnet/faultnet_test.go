@@ -180,3 +180,56 @@ func TestRelayDuplicatesAndLoses(t *testing.T) {
 		t.Fatal("no echo after clearing the impairments")
 	}
 }
+
+// TestRelayRebind: after Rebind the target sees the client from a new
+// address, and replies still reach the client.
+func TestRelayRebind(t *testing.T) {
+	target, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	r, err := New(Config{Target: target.LocalAddr().String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	c, err := net.DialUDP("udp", nil, r.Addr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// echoFrom reads one datagram at the target, echoes it and returns
+	// where it came from.
+	echoFrom := func(msg string) string {
+		t.Helper()
+		if _, err := c.Write([]byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 64)
+		target.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, from, err := target.ReadFromUDP(buf)
+		if err != nil || string(buf[:n]) != msg {
+			t.Fatalf("target read %q, %v", buf[:n], err)
+		}
+		if _, err := target.WriteToUDP(buf[:n], from); err != nil {
+			t.Fatal(err)
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := c.Read(buf); err != nil || string(buf[:n]) != msg {
+			t.Fatalf("client read %q, %v", buf[:n], err)
+		}
+		return from.String()
+	}
+	before := echoFrom("one")
+	if err := r.Rebind(); err != nil {
+		t.Fatal(err)
+	}
+	after := echoFrom("two")
+	if before == after {
+		t.Fatalf("target sees the client at %s before and after Rebind", before)
+	}
+	if st := r.Stats(); st.Clients != 1 || st.Rebinds != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}

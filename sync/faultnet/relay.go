@@ -28,9 +28,11 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// Stats counts datagrams in both directions.
+// Stats counts datagrams in both directions. Clients counts the client
+// addresses seen, Rebinds the upstream sockets replaced by Rebind.
 type Stats struct {
 	Received, Sent, Dropped, Duplicated, Blackholed uint64
+	Clients, Rebinds                                uint64
 }
 
 // Relay forwards UDP datagrams between clients and one target, impairing
@@ -54,6 +56,7 @@ type Relay struct {
 	closed                                          bool
 	wg                                              sync.WaitGroup
 	received, sent, dropped, duplicated, blackholed atomic.Uint64
+	clientsSeen, rebinds                            atomic.Uint64
 }
 
 // New starts a relay.
@@ -119,7 +122,36 @@ func (r *Relay) Stats() Stats {
 	return Stats{
 		Received: r.received.Load(), Sent: r.sent.Load(), Dropped: r.dropped.Load(),
 		Duplicated: r.duplicated.Load(), Blackholed: r.blackholed.Load(),
+		Clients: r.clientsSeen.Load(), Rebinds: r.rebinds.Load(),
 	}
+}
+
+// Rebind gives every client a new upstream socket, as a NAT does when its
+// mapping expires or the uplink changes: from now on the target sees each
+// client's datagrams come from a new address (replies to the old one are
+// no longer delivered). The client notices nothing.
+func (r *Relay) Rebind() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return net.ErrClosed
+	}
+	for key, old := range r.clients {
+		client, err := net.ResolveUDPAddr("udp", key)
+		if err != nil {
+			return fmt.Errorf("faultnet: rebind %s: %w", key, err)
+		}
+		c, err := net.DialUDP("udp", nil, r.target)
+		if err != nil {
+			return fmt.Errorf("faultnet: rebind %s: %w", key, err)
+		}
+		r.clients[key] = c
+		old.Close() // its reader returns
+		r.rebinds.Add(1)
+		r.wg.Add(1)
+		go r.readTarget(c, client)
+	}
+	return nil
 }
 
 // Close stops the relay and waits for its reading goroutines.
@@ -215,6 +247,7 @@ func (r *Relay) upstream(from *net.UDPAddr) (*net.UDPConn, error) {
 		return nil, err
 	}
 	r.clients[key] = c
+	r.clientsSeen.Add(1)
 	r.wg.Add(1)
 	go r.readTarget(c, from)
 	return c, nil

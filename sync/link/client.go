@@ -62,6 +62,15 @@ type ClientConfig struct {
 	// MaxIdleTimeout closes a connection that heard nothing from the cloud
 	// (keep-alives included) for this long. Zero means 30 s.
 	MaxIdleTimeout time.Duration
+	// LocalAddr is the local UDP address sessions (and Migrate) bind, each
+	// on a new socket. Zero means any address and port ("0.0.0.0:0").
+	LocalAddr string
+	// DisableZeroRTT turns off session resumption: every session does a
+	// full handshake and sends its Hello after it. Zero (false) resumes
+	// with TLS session tickets and sends the Hello as 0-RTT data (see
+	// dial.go for why that is safe). A ClientSessionCache set in TLS is
+	// used as is.
+	DisableZeroRTT bool
 	// OnState, if set, is called on every state change, from Run's
 	// goroutine; err is why a session ended (nil otherwise). It must not
 	// block.
@@ -126,9 +135,11 @@ func (c ClientConfig) withDefaults() ClientConfig {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	if c.TLS != nil && len(c.TLS.NextProtos) == 0 {
-		c.TLS = c.TLS.Clone()
-		c.TLS.NextProtos = []string{ALPN}
+	if c.LocalAddr == "" {
+		c.LocalAddr = "0.0.0.0:0"
+	}
+	if c.TLS != nil {
+		c.TLS = clientTLS(&c)
 	}
 	return c
 }
@@ -176,8 +187,10 @@ type ClientStats struct {
 	Window      int
 	WindowBytes int64
 	// Sessions counts Welcomes received; Reconnects sessions or dial
-	// attempts that failed and were retried.
-	Sessions, Reconnects uint64
+	// attempts that failed and were retried; ZeroRTT the sessions whose
+	// Hello the cloud accepted as 0-RTT data; Migrations successful calls
+	// of Migrate.
+	Sessions, Reconnects, ZeroRTT, Migrations uint64
 	// LastError is why the last session or dial attempt ended ("" if none).
 	LastError string
 }
@@ -202,11 +215,14 @@ type Client struct {
 	batchesSent, batchesAcked, recordsSent, bytesSent atomic.Uint64
 	rawBytes                                          atomic.Uint64
 	window, windowBytes                               atomic.Int64
-	sessions, reconnects                              atomic.Uint64
+	sessions, reconnects, zeroRTT, migrations         atomic.Uint64
 	throttled                                         atomic.Int64
 	bucket                                            flow.TokenBucket // owned by Run's goroutine
 	acker                                             *sourceAcker     // set by Run
-	lastErr                                           atomic.Pointer[string]
+
+	connMu  sync.Mutex
+	live    *sessionConn // the session's connection, nil between sessions
+	lastErr atomic.Pointer[string]
 }
 
 // NewClient returns a Client draining src. cfg is checked by Run.
@@ -230,6 +246,8 @@ func (c *Client) Stats() ClientStats {
 		WindowBytes:  c.windowBytes.Load(),
 		Sessions:     c.sessions.Load(),
 		Reconnects:   c.reconnects.Load(),
+		ZeroRTT:      c.zeroRTT.Load(),
+		Migrations:   c.migrations.Load(),
 		Throttled:    time.Duration(c.throttled.Load()),
 	}
 	if p := c.lastErr.Load(); p != nil {
@@ -297,27 +315,29 @@ func (c *Client) session(ctx context.Context) (err error) {
 	defer cancel()
 	dctx, dcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer dcancel()
-	conn, err := quic.DialAddr(dctx, c.cfg.Addr, c.cfg.TLS, &quic.Config{
-		HandshakeIdleTimeout:  c.cfg.DialTimeout,
-		MaxIdleTimeout:        c.cfg.MaxIdleTimeout,
-		KeepAlivePeriod:       c.cfg.KeepAlivePeriod,
-		MaxIncomingStreams:    -1,
-		MaxIncomingUniStreams: -1,
-	})
-	if err != nil {
-		return fmt.Errorf("dial %s: %w", c.cfg.Addr, err)
-	}
-	// Closing twice is harmless: sendLoop closes with its own code first.
-	defer func() { _ = conn.CloseWithError(0, "") }()
-
-	str, err := conn.OpenStreamSync(dctx)
-	if err != nil {
-		return fmt.Errorf("open stream: %w", remoteClose(err))
-	}
-	welcome, err := c.handshake(str)
+	sc := &sessionConn{}
+	c.connMu.Lock()
+	c.live = sc
+	c.connMu.Unlock()
+	defer func() {
+		c.connMu.Lock()
+		c.live = nil
+		c.connMu.Unlock()
+		sc.close()
+	}()
+	dialed, err := c.dial(dctx, sc)
 	if err != nil {
 		return err
 	}
+	// Closing twice is harmless: sendLoop closes with its own code first.
+	defer func() { _ = dialed.CloseWithError(0, "") }()
+	conn, str, welcome, err := c.open(dctx, dialed)
+	if err != nil {
+		return err
+	}
+	sc.mu.Lock()
+	sc.conn = conn
+	sc.mu.Unlock()
 	dcancel()
 
 	hwm := welcome.GetHighWaterMark()

@@ -36,14 +36,15 @@ func (h *holdSink) heldCount() int {
 	return len(h.held)
 }
 
+// release runs the held appends, in order and before any new one: one
+// session's appends must reach the log in the order it made them.
 func (h *holdSink) release() {
 	h.mu.Lock()
-	held := h.held
-	h.holding, h.held = false, nil
-	h.mu.Unlock()
-	for _, f := range held {
+	defer h.mu.Unlock()
+	for _, f := range h.held {
 		f()
 	}
+	h.holding, h.held = false, nil
 }
 
 // TestCreditPausesGateways: a log that stops making appends durable builds

@@ -60,6 +60,9 @@ type ServerConfig struct {
 	// have unacknowledged (one batch is always allowed), announced in its
 	// credits and enforced. Zero means no byte cap.
 	WindowBytes int64
+	// DisableZeroRTT refuses 0-RTT data: resuming gateways then send their
+	// Hello after the handshake. Zero (false) accepts it.
+	DisableZeroRTT bool
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -148,6 +151,9 @@ type ServerStats struct {
 	Backlog int64
 	Grant   int
 	Credits uint64
+	// ZeroRTT counts connections whose handshake completed after the
+	// gateway sent 0-RTT data (their Hello).
+	ZeroRTT uint64
 }
 
 // Server is the cloud side of sync links: it accepts gateways' QUIC
@@ -176,6 +182,7 @@ type Server struct {
 	accepted, superseded, refused         atomic.Uint64
 	batches, records, bytes, ackedBatches atomic.Uint64
 	protocolErrors, sinkErrors, credits   atomic.Uint64
+	zeroRTT                               atomic.Uint64
 
 	credit   flow.Credit
 	backlog  atomic.Int64 // bytes handed to the sink, not yet durable
@@ -267,8 +274,11 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		// The control lane, plus room for the priority lanes of later versions.
 		MaxIncomingStreams:    8,
 		MaxIncomingUniStreams: -1,
+		// 0-RTT Hellos are accepted but not acted on before the handshake
+		// completes: see handle, and dial.go for the reasoning.
+		Allow0RTT: !s.cfg.DisableZeroRTT,
 	}
-	ln, err := quic.Listen(pc, s.cfg.TLS, qconf)
+	ln, err := quic.ListenEarly(pc, s.cfg.TLS, qconf)
 	if err != nil {
 		pc.Close()
 		return fmt.Errorf("link: listen: %w", err)
@@ -355,6 +365,7 @@ func (s *Server) Stats() ServerStats {
 		Backlog:        s.backlog.Load(),
 		Grant:          int(s.grant.Load()),
 		Credits:        s.credits.Load(),
+		ZeroRTT:        s.zeroRTT.Load(),
 	}
 }
 
@@ -385,7 +396,32 @@ func (s *Server) linger(conn *quic.Conn) {
 }
 
 // handle runs one connection from its TLS identity to its close.
+//
+// The listener hands over connections before their handshake completes,
+// so that a resuming gateway's 0-RTT Hello waits in the stream; but nothing
+// here happens before the handshake completes: 0-RTT data can be replayed
+// by anyone who recorded it, and only the completed handshake proves the
+// peer holds the gateway's key. A replayed Hello therefore never gets a
+// Welcome nor supersedes the gateway's live session.
 func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
+	hs := time.NewTimer(s.cfg.HelloTimeout)
+	select {
+	case <-conn.HandshakeComplete():
+		hs.Stop()
+	case <-conn.Context().Done():
+		hs.Stop()
+		return // the handshake failed (a certificate refused by TLS): nothing to say
+	case <-hs.C:
+		s.refuse(conn, nil, syncv1.ErrorCode_ERROR_CODE_PROTOCOL, "handshake not completed")
+		return
+	case <-ctx.Done():
+		hs.Stop()
+		_ = conn.CloseWithError(closeCode(syncv1.ErrorCode_ERROR_CODE_SHUTTING_DOWN), "server shutting down")
+		return
+	}
+	if conn.ConnectionState().Used0RTT {
+		s.zeroRTT.Add(1)
+	}
 	gw, err := peerGateway(conn)
 	if err != nil {
 		s.refuse(conn, nil, syncv1.ErrorCode_ERROR_CODE_UNAUTHORIZED, err.Error())
