@@ -153,3 +153,19 @@ func listenAgain(t *testing.T, addr string) net.PacketConn {
 	})
 	return pc
 }
+
+func TestLaneProducer(t *testing.T) {
+	seen := map[string]bool{}
+	for _, gw := range []string{"gw-1", "gw-1.lane", "a_b"} {
+		for _, lane := range []uint32{0, 1, 2, 10} {
+			p := LaneProducer(gw, lane)
+			if seen[p] {
+				t.Fatalf("producer %q named twice", p)
+			}
+			seen[p] = true
+			if (lane == 0) != (p == gw) {
+				t.Fatalf("LaneProducer(%q, %d) = %q", gw, lane, p)
+			}
+		}
+	}
+}
