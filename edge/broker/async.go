@@ -31,7 +31,7 @@ type session struct {
 
 // entry is one QoS 1 publish waiting for its acknowledgement.
 type entry struct {
-	pk packets.Packet // delivered locally after the ack if code is success
+	msg delivery // delivered locally before the ack if code is success
 	// done and code are guarded by session.mu until done is set; after
 	// that they are read by the drain goroutine only.
 	done bool
@@ -79,7 +79,7 @@ func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route) (
 		s.mu.Lock()
 	}
 
-	e := &entry{pk: pk, code: packets.CodeSuccess}
+	e := &entry{msg: deliveryOf(&pk), code: packets.CodeSuccess}
 	forward := false
 	switch {
 	case len(pk.Payload) > b.cfg.Limits.MaxPayloadBytes:
@@ -118,7 +118,18 @@ func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route) (
 			b.complete(s, e, code)
 		})
 	}
-	return pk, packets.ErrRejectPacket
+	return taken(pk), nil
+}
+
+// taken is what OnPublish returns to mochi for a publish this package
+// answers itself: as QoS 0 without the retain flag and with Ignore set, mochi
+// (v2.7.9 Server.processPublish) neither acknowledges, retains nor delivers
+// it. Returning packets.ErrRejectPacket has the same effect, but mochi then
+// boxes the whole packet for a DEBUG record on every publish: about 800
+// bytes of garbage per message, whatever the log level.
+func taken(pk packets.Packet) packets.Packet {
+	pk.FixedHeader.Qos, pk.FixedHeader.Retain, pk.Ignore = 0, false, true
+	return pk
 }
 
 // complete records an entry's outcome and makes sure a drain runs. It runs
@@ -164,7 +175,7 @@ func (b *Broker) drain(s *session) {
 		// retained message is in place and subscribers have it queued.
 		for _, e := range batch {
 			if e.code == packets.CodeSuccess {
-				b.deliver(s.cl.ID, e.pk)
+				b.deliver(s.cl.ID, &e.msg)
 			}
 		}
 		b.writeAcks(s, batch)
@@ -204,7 +215,7 @@ func (b *Broker) writeAcks(s *session, batch []*entry) {
 		if stop != nil {
 			continue
 		}
-		ack := packetsPuback(e.pk.PacketID, e.code, cl.Properties.ProtocolVersion, noProblemInfo)
+		ack := packetsPuback(e.msg.id, e.code, cl.Properties.ProtocolVersion, noProblemInfo)
 		if err := ack.PubackEncode(&buf); err != nil {
 			stop = err
 			continue
@@ -242,13 +253,34 @@ func packetsPuback(id uint16, code packets.Code, version byte, noProblemInfo boo
 	return ack
 }
 
+// delivery is what local delivery needs of a publish, kept while it waits
+// for its commit: a third of a packets.Packet's 800 bytes.
+type delivery struct {
+	id      uint16 // the publisher's packet identifier (mochi validates it on injection)
+	topic   string
+	payload []byte
+	props   packets.Properties
+	qos     byte
+	retain  bool
+}
+
+func deliveryOf(pk *packets.Packet) delivery {
+	return delivery{id: pk.PacketID, topic: pk.TopicName, payload: pk.Payload, props: pk.Properties, qos: pk.FixedHeader.Qos, retain: pk.FixedHeader.Retain}
+}
+
 // deliver hands a committed publish to local subscribers through mochi's
 // inline client, which keeps MQTT 5 properties (Server.Publish drops them);
 // the hook's restoreOrigin puts the publisher back as the origin.
-func (b *Broker) deliver(origin string, pk packets.Packet) {
+func (b *Broker) deliver(origin string, d *delivery) {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: d.qos, Retain: d.retain},
+		PacketID:    d.id,
+		TopicName:   d.topic,
+		Payload:     d.payload,
+		Properties:  d.props,
+		Connect:     packets.ConnectParams{ClientIdentifier: origin, ProtocolName: deliveryMarker},
+	}
 	pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
-	pk.FixedHeader.Dup = false
-	pk.Connect = packets.ConnectParams{ClientIdentifier: origin, ProtocolName: deliveryMarker}
 	if err := b.srv.InjectPacket(b.inline, pk); err != nil {
 		b.log.Warn("local delivery failed", "client", origin, "topic", pk.TopicName, "error", err)
 	}

@@ -11,8 +11,9 @@
 // pipelined messages in separate commits: one fsync per message for a single
 // busy device (≈ 1.9k msg/s measured against ≈ 18k for the asynchronous
 // path, /work/shared/notes/edge-durable-ack.md). AckAsync instead queues the
-// message to the outbox and returns packets.ErrRejectPacket, which makes
-// mochi skip its own acknowledgement and delivery; when the group commit
+// message to the outbox and hands mochi back an ignored QoS 0 copy (taken),
+// which makes mochi skip its own acknowledgement, retention and delivery
+// (as packets.ErrRejectPacket would, without the garbage); when the group commit
 // reports back, this package delivers the messages to local subscribers (so
 // a retained message is in place once its PUBACK is out, as with mochi) and
 // writes the client's PUBACKs in the order the publishes arrived, coalesced

@@ -575,3 +575,36 @@ func TestWillForwarded(t *testing.T) {
 		t.Fatalf("record %+v", r)
 	}
 }
+
+// TestAsyncRetainedWaitsForCommit: in AckAsync mode mochi must not retain
+// (nor deliver, nor acknowledge) a publish before its commit; once the
+// PUBACK is out the retained message is in place.
+func TestAsyncRetainedWaitsForCommit(t *testing.T) {
+	ob := newFakeOutbox(t, withGate())
+	b := startBroker(t, Config{}, ob)
+	sub, _ := dialRaw(t, b.Addr().TCP, "sub", 4, packets.Properties{})
+	sub.subscribe(1, packets.Subscription{Filter: "#", Qos: 1})
+	c, _ := dialRaw(t, b.Addr().TCP, "dev", 4, packets.Properties{})
+	c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
+		PacketID:    1, TopicName: "sensors/state", Payload: []byte("on"),
+	})
+	c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	c.mustRead(packets.Pingresp) // the publish was read and handed to the outbox, no PUBACK before
+	ob.waitFor(t, "the append", func(o *fakeOutbox) bool { return o.appended == 1 })
+	if _, ok := b.srv.Topics.Retained.Get("sensors/state"); ok {
+		t.Fatal("retained before its commit")
+	}
+	sub.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	sub.mustRead(packets.Pingresp) // nothing delivered before the commit either
+	ob.release(1)
+	if pk := c.mustRead(packets.Puback); pk.PacketID != 1 {
+		t.Fatalf("PUBACK %d", pk.PacketID)
+	}
+	if pk, ok := b.srv.Topics.Retained.Get("sensors/state"); !ok || string(pk.Payload) != "on" {
+		t.Fatalf("retained %q (%v) after the PUBACK", pk.Payload, ok)
+	}
+	if pk := sub.mustRead(packets.Publish); string(pk.Payload) != "on" {
+		t.Fatalf("delivered %q", pk.Payload)
+	}
+}

@@ -13,9 +13,11 @@ import (
 // through to the broker's handler except two kinds of noise:
 //
 //   - "publish packet rejected" with packets.ErrRejectPacket, which mochi logs
-//     at DEBUG for every QoS 1 publish in AckAsync mode (that is how the
-//     broker takes over the acknowledgement), dumping the whole packet: about
-//     5 KB of text per message. These records are dropped. A rejection with
+//     at DEBUG, dumping the whole packet (about 5 KB of text), whenever the
+//     hook answers a publish itself: refusals (negative acknowledgements,
+//     disconnects) and publishes abandoned at shutdown. It used to be every
+//     QoS 1 publish in AckAsync mode, before taken. These records are
+//     dropped; the broker logs refusals in its own words. A rejection with
 //     any other error, and every other message, passes.
 //   - the listener's WARN with an empty message and an io.EOF error, which
 //     mochi logs whenever a client closes its socket without DISCONNECT

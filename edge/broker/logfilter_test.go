@@ -104,13 +104,14 @@ func TestMochiHandlerFilters(t *testing.T) {
 	}
 }
 
-// TestBrokerLogNoise runs the broker at DEBUG in AckAsync mode: its
-// acknowledged publishes log no "publish packet rejected" records, a client
-// leaving without DISCONNECT and a connection closed before CONNECT are DEBUG
-// records, and mochi's other records still arrive.
+// TestBrokerLogNoise runs the broker at DEBUG in AckAsync mode: neither its
+// acknowledged publishes nor a refused one (which mochi sees as a rejected
+// packet) log "publish packet rejected" records, a client leaving without
+// DISCONNECT and a connection closed before CONNECT are DEBUG records, and
+// mochi's other records still arrive.
 func TestBrokerLogNoise(t *testing.T) {
 	sink, logger := newSinkLogger(slog.LevelDebug)
-	ob := newFakeOutbox(t)
+	ob := failOutbox(t)
 	b, err := New(Config{Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}}, ob, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -120,6 +121,11 @@ func TestBrokerLogNoise(t *testing.T) {
 	}
 	t.Cleanup(func() { b.Close() })
 
+	c5, _ := dialRaw(t, b.Addr().TCP, "dev5", 5, packets.Properties{})
+	c5.publish(1, 2, "sensors/a", []byte("fail-1"), packets.Properties{}) // QoS 2 takes the blocking path
+	if pk := c5.mustRead(packets.Pubrec); pk.ReasonCode < 0x80 {
+		t.Fatalf("PUBREC reason %#x, want a refusal", pk.ReasonCode)
+	}
 	c, _ := dialRaw(t, b.Addr().TCP, "dev", 4, packets.Properties{})
 	for id := uint16(1); id <= 3; id++ {
 		c.publish(id, 1, "sensors/a", []byte("m"), packets.Properties{})
