@@ -67,11 +67,20 @@ func (c *cursorFile) store(st cursorState) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(c.dir, filepath.Base(c.path)+".tmp*")
-	if err != nil {
+	if err := writeFileAtomic(c.dir, c.path, append(b, '\n')); err != nil {
 		return fmt.Errorf("dispatch: write cursor: %w", err)
 	}
-	_, err = tmp.Write(append(b, '\n'))
+	return nil
+}
+
+// writeFileAtomic replaces path (in dir) with b: temp file, fsync, rename,
+// directory fsync. A reader sees the old or the new content, never a mix.
+func writeFileAtomic(dir, path string, b []byte) error {
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.Write(b)
 	if err == nil {
 		err = tmp.Sync()
 	}
@@ -79,21 +88,24 @@ func (c *cursorFile) store(st cursorState) error {
 		err = cerr
 	}
 	if err == nil {
-		err = os.Rename(tmp.Name(), c.path)
+		err = os.Rename(tmp.Name(), path)
 	}
 	if err != nil {
 		_ = os.Remove(tmp.Name())
-		return fmt.Errorf("dispatch: write cursor: %w", err)
+		return err
 	}
-	return syncDir(c.dir)
+	return syncDir(dir)
 }
 
-func (c *cursorFile) remove() error {
-	err := os.Remove(c.path)
+func (c *cursorFile) remove() error { return removeFile(c.dir, c.path) }
+
+// removeFile deletes path (in dir) durably; a missing file is no error.
+func removeFile(dir, path string) error {
+	err := os.Remove(path)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("dispatch: remove cursor: %w", err)
+		return fmt.Errorf("dispatch: remove %s: %w", filepath.Base(path), err)
 	}
-	return syncDir(c.dir)
+	return syncDir(dir)
 }
 
 func syncDir(dir string) error {

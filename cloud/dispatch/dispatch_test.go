@@ -15,11 +15,11 @@ import (
 	"github.com/tributary-io/tributary/cloud/filter"
 )
 
-// TestDeliverAll pushes 5,000 events through an in-memory log to a real HTTP
+// TestDeliverAll pushes 1,500 events through an in-memory log to a real HTTP
 // sink in each content mode and checks every event arrives once with the
 // log's attributes and data.
 func TestDeliverAll(t *testing.T) {
-	const n, devices = 5000, 50
+	const n, devices = 1500, 50
 	for _, mode := range []string{ModeBinary, ModeStructured} {
 		t.Run(mode, func(t *testing.T) {
 			lg := commitlog.NewMemory(nil)

@@ -51,6 +51,15 @@ var (
 	ErrStopped = errors.New("dispatch: dispatcher stopped")
 	// ErrRunning is returned by a second call to Run.
 	ErrRunning = errors.New("dispatch: already running")
+	// ErrInvalidRequest is returned (wrapped, with the reason) for a bad
+	// Redrive or Replay request: the caller's mistake, an HTTP 400.
+	ErrInvalidRequest = errors.New("dispatch: invalid request")
+	// ErrConflict is returned when a request cannot be done in the
+	// subscription's current state (an HTTP 409).
+	ErrConflict = errors.New("dispatch: conflict")
+	// ErrNoTopicIndex is returned by DeadLetters, Redrive and time-based
+	// Replay when the log does not implement commitlog.TopicReader.
+	ErrNoTopicIndex = errors.New("dispatch: the log cannot be read by topic or time")
 )
 
 // Options configure a Dispatcher. The zero value is usable.
@@ -119,6 +128,11 @@ type Dispatcher struct {
 	opts     Options
 	ownTrans *http.Transport // non-nil if we made the transport
 
+	// admin serialises the calls that replace or reconfigure a runner (Add,
+	// Update, Remove, Replay, Redrive), so that two of them never stop and
+	// replace the same runner at once. It is taken before mu.
+	admin sync.Mutex
+
 	mu      sync.Mutex
 	subs    map[string]*runner
 	runCtx  context.Context // non-nil while Run runs
@@ -135,10 +149,12 @@ func New(log commitlog.Log, dir string, opts Options) (*Dispatcher, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("dispatch: cursor dir: %w", err)
 	}
-	// Temp files left by a crash during a cursor write.
-	if tmps, err := filepath.Glob(filepath.Join(dir, "*.cursor.tmp*")); err == nil {
-		for _, t := range tmps {
-			_ = os.Remove(t)
+	// Temp files left by a crash during a cursor or redrive state write.
+	for _, pat := range []string{"*.cursor.tmp*", "*.redrive.tmp*"} {
+		if tmps, err := filepath.Glob(filepath.Join(dir, pat)); err == nil {
+			for _, t := range tmps {
+				_ = os.Remove(t)
+			}
 		}
 	}
 	d := &Dispatcher{log: log, dir: dir, opts: opts.withDefaults(), subs: map[string]*runner{}, fatal: make(chan error, 1)}
@@ -158,6 +174,8 @@ func (d *Dispatcher) Add(sub Subscription) error {
 	if err != nil {
 		return err
 	}
+	d.admin.Lock()
+	defer d.admin.Unlock()
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopped {
@@ -166,7 +184,7 @@ func (d *Dispatcher) Add(sub Subscription) error {
 	if _, ok := d.subs[sub.ID]; ok {
 		return fmt.Errorf("%w: %s", ErrExists, sub.ID)
 	}
-	r, err := newRunner(d, c)
+	r, err := newRunner(d, c, nil)
 	if err != nil {
 		return err
 	}
@@ -185,6 +203,8 @@ func (d *Dispatcher) Update(sub Subscription) error {
 	if err != nil {
 		return err
 	}
+	d.admin.Lock()
+	defer d.admin.Unlock()
 	d.mu.Lock()
 	old, ok := d.subs[sub.ID]
 	switch {
@@ -204,10 +224,10 @@ func (d *Dispatcher) Update(sub Subscription) error {
 	if d.subs[sub.ID] != old {
 		return fmt.Errorf("%w: %s changed during update", ErrNotFound, sub.ID)
 	}
-	r, err := newRunner(d, c)
+	r, err := newRunner(d, c, old.rd)
 	if err != nil {
 		// Keep the old configuration running rather than nothing.
-		if prev, perr := newRunner(d, old.c); perr == nil {
+		if prev, perr := newRunner(d, old.c, old.rd); perr == nil {
 			d.subs[sub.ID] = prev
 			if d.runCtx != nil {
 				prev.start(d.runCtx)
@@ -223,9 +243,11 @@ func (d *Dispatcher) Update(sub Subscription) error {
 	return nil
 }
 
-// Remove stops a subscription and deletes its cursor: adding the same ID
-// later starts over from its From setting.
+// Remove stops a subscription and deletes its cursor and redrive state:
+// adding the same ID later starts over from its From setting.
 func (d *Dispatcher) Remove(id string) error {
+	d.admin.Lock()
+	defer d.admin.Unlock()
 	d.mu.Lock()
 	r, ok := d.subs[id]
 	if !ok {
@@ -235,7 +257,7 @@ func (d *Dispatcher) Remove(id string) error {
 	delete(d.subs, id)
 	d.mu.Unlock()
 	r.stop()
-	return r.cur.remove()
+	return errors.Join(r.cur.remove(), r.rd.remove())
 }
 
 // List returns the subscriptions' configurations, sorted by ID.

@@ -42,6 +42,13 @@ type Stats struct {
 	// LastErrorAt when it happened (zero if none).
 	LastError   string
 	LastErrorAt time.Time
+	// Redriven counts dead letters a redrive delivered, RedriveDeadLettered
+	// those that failed again (each is a new dead letter), RedriveLost
+	// offsets queued for redrive that retention removed first. RedriveActive
+	// is true while a redrive has dead letters left to send. The counters
+	// start at zero when the dispatcher starts.
+	Redriven, RedriveDeadLettered, RedriveLost uint64
+	RedriveActive                              bool
 }
 
 type counters struct {
@@ -66,12 +73,40 @@ func (c *counters) carry(o *counters) {
 	o.mu.Unlock()
 }
 
-// item is one record handed to a lane: a decoded event, or the reason it
-// could not be decoded.
+// item is one record handed to a lane: a decoded event, or the reason it is
+// dead-lettered without being sent.
 type item struct {
-	rec       commitlog.Record
-	ev        *event.Event
-	decodeErr error
+	rec commitlog.Record
+	ev  *event.Event
+	// orig is the log offset of the event: rec.Offset, except for a redrive,
+	// whose rec is the dead letter and orig the offset it recorded.
+	orig uint64
+	// reject, if set, dead-letters the event at once with this reason (an
+	// undecodable record, an unusable deliverat).
+	reject string
+	// ready is the earliest time of the first attempt (zero: at once).
+	ready time.Time
+}
+
+// finisher is told how each event a lane took ended. The main lanes
+// complete the offset in the tracker; redrive lanes complete it in the
+// redrive state.
+type finisher interface {
+	delivered(it item)
+	deadLettered(it item)
+}
+
+// mainFinisher completes the subscription's own offsets.
+type mainFinisher struct{ r *runner }
+
+func (f mainFinisher) delivered(it item) {
+	f.r.stats.delivered.Add(1)
+	f.r.complete(it.rec.Offset)
+}
+
+func (f mainFinisher) deadLettered(it item) {
+	f.r.stats.deadLettered.Add(1)
+	f.r.complete(it.rec.Offset)
 }
 
 // runner delivers one subscription. It is created by Add/Update, started by
@@ -84,6 +119,7 @@ type runner struct {
 	state cursorState // as loaded; Epoch is kept for the runner's life
 	fresh bool        // no cursor file existed
 	send  *sender
+	rd    *redriver // shared with the runners before and after this one
 	sched Schedule
 	log   *slog.Logger
 	stats counters
@@ -101,8 +137,17 @@ type runner struct {
 	started bool
 }
 
-func newRunner(d *Dispatcher, c *compiled) (*runner, error) {
+// newRunner prepares a runner for c. rd is the subscription's redrive
+// state, nil to load it from disk (a subscription being added).
+func newRunner(d *Dispatcher, c *compiled, rd *redriver) (*runner, error) {
+	if rd == nil {
+		var err error
+		if rd, err = loadRedriver(d.dir, c.ID); err != nil {
+			return nil, err
+		}
+	}
 	r := &runner{
+		rd:    rd,
 		d:     d,
 		c:     c,
 		cur:   newCursorFile(d.dir, c.ID),
@@ -175,9 +220,11 @@ func (r *runner) setErr(err error) {
 
 func (r *runner) snapshot() Stats {
 	s := &r.stats
+	var st Stats
+	r.rd.fill(&st)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{
+	st2 := Stats{
 		Cursor:             s.cursor.Load(),
 		LowWater:           s.lowWater.Load(),
 		ReadOffset:         s.readOffset.Load(),
@@ -190,6 +237,8 @@ func (r *runner) snapshot() Stats {
 		LastError:          s.lastErr,
 		LastErrorAt:        s.lastErrAt,
 	}
+	st2.Redriven, st2.RedriveDeadLettered, st2.RedriveLost, st2.RedriveActive = st.Redriven, st.RedriveDeadLettered, st.RedriveLost, st.RedriveActive
+	return st2
 }
 
 // startOffset decides where reading begins: the cursor, or From for a new
@@ -236,30 +285,17 @@ func (r *runner) run(ctx context.Context) error {
 	inner, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	var wg sync.WaitGroup
-
-	n := r.c.parallelism
-	queues := make([]*queue, 1)
-	if r.c.ordered {
-		queues = make([]*queue, n)
-	}
-	for i := range queues {
-		queues[i] = newQueue()
-	}
-	for i := range n {
-		q, producer := queues[0], ""
-		if r.c.ordered {
-			q, producer = queues[i], r.producerBase+strconv.Itoa(i)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.lane(inner, cancel, q, producer)
-		}()
-	}
-	wg.Add(1)
+	queues := r.startLanes(inner, cancel, &wg, true, mainFinisher{r})
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		r.flusher(inner)
+	}()
+	go func() {
+		defer wg.Done()
+		if err := r.redriveLoop(inner, cancel); err != nil {
+			cancel(err)
+		}
 	}()
 
 	err := r.read(inner, queues)
@@ -340,20 +376,39 @@ func (r *runner) read(ctx context.Context, queues []*queue) error {
 	}
 }
 
-// route completes records the subscription does not want and queues the
-// others to their lane.
-func (r *runner) route(rec commitlog.Record, queues []*queue) {
-	if strings.HasPrefix(rec.Topic, "$") {
-		r.complete(rec.Offset)
-		return
+// startLanes starts the lane goroutines of one set of queues (the live
+// events', or the redrive's) and returns the queues: one per lane when
+// ordered, one shared by every worker otherwise. withProducers gives the
+// ordered lanes their dead-letter producer names (see deadLetterRecord).
+func (r *runner) startLanes(ctx context.Context, fail context.CancelCauseFunc, wg *sync.WaitGroup, withProducers bool, fin finisher) []*queue {
+	n := r.c.parallelism
+	queues := make([]*queue, 1)
+	if r.c.ordered {
+		queues = make([]*queue, n)
 	}
-	it := item{rec: rec}
-	it.ev, it.decodeErr = decodeEvent(rec.Value)
-	if it.decodeErr == nil && !r.c.matcher.Match(it.ev) {
-		r.stats.filtered.Add(1)
-		r.complete(rec.Offset)
-		return
+	for i := range queues {
+		queues[i] = newQueue()
 	}
+	for i := range n {
+		q, producer := queues[0], ""
+		if r.c.ordered {
+			q = queues[i]
+			if withProducers {
+				producer = r.producerBase + strconv.Itoa(i)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r.lane(ctx, fail, q, producer, fin)
+		}()
+	}
+	return queues
+}
+
+// pushToLane queues it to the lane of its partition key (the single queue
+// when unordered).
+func pushToLane(queues []*queue, it item) {
 	q := queues[0]
 	if len(queues) > 1 {
 		key := ""
@@ -365,10 +420,35 @@ func (r *runner) route(rec commitlog.Record, queues []*queue) {
 	q.push(it)
 }
 
+// route completes records the subscription does not want and queues the
+// others to their lane.
+func (r *runner) route(rec commitlog.Record, queues []*queue) {
+	if strings.HasPrefix(rec.Topic, "$") {
+		r.complete(rec.Offset)
+		return
+	}
+	it := item{rec: rec, orig: rec.Offset}
+	var err error
+	if it.ev, err = decodeEvent(rec.Value); err != nil {
+		it.reject = "undecodable record: " + err.Error()
+	}
+	if it.ev != nil && !r.c.matcher.Match(it.ev) {
+		r.stats.filtered.Add(1)
+		r.complete(rec.Offset)
+		return
+	}
+	pushToLane(queues, it)
+}
+
 func (r *runner) complete(off uint64) {
 	if moved, base := r.track.complete(off); moved {
 		storeMax(&r.stats.lowWater, base) // completions race; the mark only grows
 	}
+	r.noteCompletion()
+}
+
+// noteCompletion counts a completion towards the next early state write.
+func (r *runner) noteCompletion() {
 	if r.sinceFlush.Add(1) >= int64(r.d.opts.FlushEvery) {
 		select {
 		case r.kick <- struct{}{}:
@@ -378,14 +458,14 @@ func (r *runner) complete(off uint64) {
 }
 
 // lane delivers the items of one queue, one at a time, in order.
-func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q *queue, producer string) {
+func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q *queue, producer string, fin finisher) {
 	for {
 		it, ok := q.pop(ctx)
 		if !ok {
 			return
 		}
 		r.stats.inFlight.Add(1)
-		err := r.handle(ctx, it, producer)
+		err := r.handle(ctx, it, producer, fin)
 		r.stats.inFlight.Add(-1)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -400,11 +480,11 @@ func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q *queu
 // returns ctx's error if stopped first (the event stays uncompleted and is
 // sent again after a restart) and the log's error if dead-lettering failed
 // for good.
-func (r *runner) handle(ctx context.Context, it item, producer string) error {
+func (r *runner) handle(ctx context.Context, it item, producer string, fin finisher) error {
 	now := r.d.opts.Now
-	if it.decodeErr != nil {
-		r.setErr(fmt.Errorf("offset %d: %w", it.rec.Offset, it.decodeErr))
-		return r.deadLetter(ctx, it, producer, 0, 0, "undecodable record: "+it.decodeErr.Error())
+	if it.reject != "" {
+		r.setErr(fmt.Errorf("offset %d: %s", it.orig, it.reject))
+		return r.deadLetter(ctx, it, producer, 0, 0, it.reject, fin)
 	}
 	first := now()
 	for attempts := 1; ; attempts++ {
@@ -416,16 +496,15 @@ func (r *runner) handle(ctx context.Context, it item, producer string) error {
 		dec := r.sched.Next(attempts, first, a, t)
 		switch dec.Action {
 		case Done:
-			r.stats.delivered.Add(1)
-			r.complete(it.rec.Offset)
+			fin.delivered(it)
 			return nil
 		case DeadLetter:
-			r.setErr(fmt.Errorf("event %s (offset %d): %s", it.ev.ID(), it.rec.Offset, dec.Reason))
-			return r.deadLetter(ctx, it, producer, attempts, a.Status, dec.Reason)
+			r.setErr(fmt.Errorf("event %s (offset %d): %s", it.ev.ID(), it.orig, dec.Reason))
+			return r.deadLetter(ctx, it, producer, attempts, a.Status, dec.Reason, fin)
 		}
 		r.stats.retries.Add(1)
-		r.setErr(fmt.Errorf("event %s (offset %d) attempt %d: %s", it.ev.ID(), it.rec.Offset, attempts, a))
-		r.log.Debug("delivery failed, will retry", "id", it.ev.ID(), "offset", it.rec.Offset, "attempt", attempts, "answer", a.String(), "at", dec.At)
+		r.setErr(fmt.Errorf("event %s (offset %d) attempt %d: %s", it.ev.ID(), it.orig, attempts, a))
+		r.log.Debug("delivery failed, will retry", "id", it.ev.ID(), "offset", it.orig, "attempt", attempts, "answer", a.String(), "at", dec.At)
 		select {
 		case <-r.d.opts.After(dec.At.Sub(t)):
 		case <-ctx.Done():
@@ -437,15 +516,19 @@ func (r *runner) handle(ctx context.Context, it item, producer string) error {
 // deadLetter appends the event to the dead-letter topic and completes it.
 // A failing append is retried with the subscription's backoff; only a closed
 // or failed log (or ctx ending) gives up, leaving the offset uncompleted.
-func (r *runner) deadLetter(ctx context.Context, it item, producer string, attempts, status int, reason string) error {
-	info := deadLetterInfo{sub: r.c.ID, offset: it.rec.Offset, attempts: attempts, status: status, reason: reason, at: r.d.opts.Now()}
+//
+// The dead letter holds the event as it was logged (before any
+// transformation), so a redrive sends it through the subscription's current
+// settings.
+func (r *runner) deadLetter(ctx context.Context, it item, producer string, attempts, status int, reason string, fin finisher) error {
+	info := deadLetterInfo{sub: r.c.ID, offset: it.orig, attempts: attempts, status: status, reason: reason, at: r.d.opts.Now()}
 	value, err := deadLetterValue(it.rec.Value, info, false)
 	if err != nil {
-		return fmt.Errorf("build dead letter for offset %d: %w", it.rec.Offset, err)
+		return fmt.Errorf("build dead letter for offset %d: %w", it.orig, err)
 	}
 	backoff := Schedule{Policy: r.c.retry, Rand: randFloat}
 	for try := 1; ; try++ {
-		rec := deadLetterRecord(r.c.deadLetter, producer, it.rec.Offset, value)
+		rec := deadLetterRecord(r.c.deadLetter, producer, it.orig, value)
 		_, err := r.d.log.Append(ctx, []commitlog.Record{rec})
 		if err == nil {
 			break
@@ -456,24 +539,23 @@ func (r *runner) deadLetter(ctx context.Context, it item, producer string, attem
 		if errors.Is(err, commitlog.ErrTooLarge) {
 			// Keep the attributes and the reason; drop the data.
 			if value, err = deadLetterValue(it.rec.Value, info, true); err != nil {
-				return fmt.Errorf("build dead letter for offset %d: %w", it.rec.Offset, err)
+				return fmt.Errorf("build dead letter for offset %d: %w", it.orig, err)
 			}
 			continue
 		}
 		if errors.Is(err, commitlog.ErrClosed) {
-			return fmt.Errorf("dead-letter offset %d: %w", it.rec.Offset, err)
+			return fmt.Errorf("dead-letter offset %d: %w", it.orig, err)
 		}
-		r.setErr(fmt.Errorf("dead-letter offset %d: %w", it.rec.Offset, err))
-		r.log.Error("dead-letter append failed, will retry", "offset", it.rec.Offset, "err", err)
+		r.setErr(fmt.Errorf("dead-letter offset %d: %w", it.orig, err))
+		r.log.Error("dead-letter append failed, will retry", "offset", it.orig, "err", err)
 		select {
 		case <-r.d.opts.After(backoff.backoff(try)):
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
-	r.stats.deadLettered.Add(1)
-	r.log.Warn("event dead-lettered", "offset", it.rec.Offset, "topic", r.c.deadLetter, "attempts", attempts, "reason", reason)
-	r.complete(it.rec.Offset)
+	r.log.Warn("event dead-lettered", "offset", it.orig, "topic", r.c.deadLetter, "attempts", attempts, "reason", reason)
+	fin.deadLettered(it)
 	return nil
 }
 
@@ -493,10 +575,14 @@ func (r *runner) flusher(ctx context.Context) {
 	}
 }
 
-// flush writes the low-water mark if it moved. Only the flusher and, after
-// it stopped, run call it.
+// flush writes the low-water mark if it moved, and the redrive state if it
+// changed. Only the flusher and, after it stopped, run call it.
 func (r *runner) flush() {
 	r.sinceFlush.Store(0)
+	if err := r.rd.flush(); err != nil {
+		r.setErr(err)
+		r.log.Error("redrive state write failed", "err", err)
+	}
 	lw := r.track.lowWater()
 	if lw == r.stats.cursor.Load() {
 		return

@@ -71,6 +71,8 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/subscriptions", write(s.handleCreateSub))
 	mux.HandleFunc("PUT /v1/subscriptions/{id}", write(s.handleUpdateSub))
 	mux.HandleFunc("DELETE /v1/subscriptions/{id}", write(s.handleDeleteSub))
+	mux.HandleFunc("GET /v1/subscriptions/{id}/deadletters", read(s.handleDeadLetters))
+	mux.HandleFunc("POST /v1/subscriptions/{id}/deadletters/redrive", write(s.handleRedrive))
 }
 
 // handleEvents pages through the central log: from (default: the first

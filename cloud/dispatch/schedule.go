@@ -1,0 +1,189 @@
+package dispatch
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/types"
+)
+
+// This file holds the delivery-time schedulers: when an event may first be
+// sent (delayed delivery) and how fast a subscription may send (its rate
+// limit). Both are plain values that are given the time and do no I/O; the
+// runner turns their answers into waits on Options.After.
+
+// ExtDeliverAt is the extension attribute that delays one event: a
+// timestamp (a CloudEvents Timestamp, or a string in RFC 3339) before which
+// it is not delivered. It is read after filtering and before the
+// transformation, so a transformation cannot change it.
+const ExtDeliverAt = "deliverat"
+
+// Delay limits.
+const (
+	// DefaultMaxDelay is how far past the time the log accepted an event its
+	// deliverat may lie when the subscription sets no max_delay.
+	DefaultMaxDelay = 24 * time.Hour
+	// maxDelayLimit bounds the delay and max_delay settings: a delayed event
+	// holds the cursor, so long delays belong in a scheduler, not here.
+	maxDelayLimit = 7 * 24 * time.Hour
+)
+
+// readyAt returns when an event whose record the log accepted at logged may
+// first be sent, given its deliverat extension (if any) and the
+// subscription's max_delay. A deliverat in the past, or absent, means now.
+// An unreadable deliverat, or one more than maxDelay after logged, is an
+// error: the event is dead-lettered with it as the reason.
+func readyAt(e *event.Event, logged time.Time, maxDelay time.Duration) (time.Time, error) {
+	v, ok := e.Extensions()[ExtDeliverAt]
+	if !ok {
+		return time.Time{}, nil
+	}
+	at, err := types.ToTime(v)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("extension %s: %v is not a timestamp (want RFC 3339, such as 2025-03-01T08:00:00Z)", ExtDeliverAt, v)
+	}
+	if limit := logged.Add(maxDelay); at.After(limit) {
+		return time.Time{}, fmt.Errorf("extension %s %s is more than max_delay %v after the event was logged (%s)",
+			ExtDeliverAt, at.UTC().Format(time.RFC3339Nano), maxDelay, logged.UTC().Format(time.RFC3339Nano))
+	}
+	return at, nil
+}
+
+// tokenBucket is a subscription's rate limit: rate attempts per second on
+// average, with bursts of up to burst attempts after a quiet spell.
+//
+// take hands out reservations rather than refusals: the balance may go
+// negative, and the caller waits until its reservation is due. So lanes
+// queue fairly behind each other instead of polling, and a retry's attempt
+// counts like any other.
+type tokenBucket struct {
+	rate   float64 // tokens per second, > 0
+	burst  float64 // capacity, >= 1
+	tokens float64
+	last   time.Time // when tokens was computed; zero before the first take
+}
+
+func newTokenBucket(rate float64, burst int) *tokenBucket {
+	return &tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
+}
+
+// take reserves one attempt at or after now and returns when it may be
+// made. A clock that goes backwards adds no tokens.
+func (b *tokenBucket) take(now time.Time) time.Time {
+	if !b.last.IsZero() && now.After(b.last) {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	if b.last.IsZero() || now.After(b.last) {
+		b.last = now
+	}
+	b.tokens--
+	if b.tokens >= 0 {
+		return now
+	}
+	wait := time.Duration(-b.tokens / b.rate * float64(time.Second))
+	return b.last.Add(wait)
+}
+
+// limiter makes a tokenBucket safe for the lanes of one subscription.
+type limiter struct {
+	mu sync.Mutex
+	b  *tokenBucket
+}
+
+// wait blocks until the caller's reserved attempt is due, or ctx ends.
+func (l *limiter) wait(ctx context.Context, now func() time.Time, after func(time.Duration) <-chan time.Time) error {
+	l.mu.Lock()
+	t := now()
+	at := l.b.take(t)
+	l.mu.Unlock()
+	return sleepUntil(ctx, at, t, after)
+}
+
+// sleepUntil waits until at (the clock read now), or ctx ends.
+func sleepUntil(ctx context.Context, at, now time.Time, after func(time.Duration) <-chan time.Time) error {
+	if !at.After(now) {
+		return ctx.Err()
+	}
+	select {
+	case <-after(at.Sub(now)):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// delayQueue holds the events of an unordered subscription that are not yet
+// due, and pushes each to the workers' queue when it is. (Ordered lanes do
+// not use it: a lane must keep its order, so it waits for its own head
+// event, and only that lane is held.) One goroutine, run, owns the timer;
+// add may be called from any goroutine.
+type delayQueue struct {
+	mu    sync.Mutex
+	h     itemHeap
+	added chan struct{}
+}
+
+func newDelayQueue() *delayQueue { return &delayQueue{added: make(chan struct{}, 1)} }
+
+func (d *delayQueue) add(it item) {
+	d.mu.Lock()
+	heap.Push(&d.h, it)
+	d.mu.Unlock()
+	select {
+	case d.added <- struct{}{}:
+	default:
+	}
+}
+
+// len is the number of events waiting.
+func (d *delayQueue) len() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.h)
+}
+
+// run releases due events to out until ctx ends.
+func (d *delayQueue) run(ctx context.Context, out *queue, now func() time.Time, after func(time.Duration) <-chan time.Time) {
+	for {
+		d.mu.Lock()
+		var wake <-chan time.Time
+		t := now()
+		for len(d.h) > 0 && !d.h[0].ready.After(t) {
+			out.push(heap.Pop(&d.h).(item))
+		}
+		if len(d.h) > 0 {
+			wake = after(d.h[0].ready.Sub(t))
+		}
+		d.mu.Unlock()
+		select {
+		case <-wake:
+		case <-d.added:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// itemHeap orders items by ready time, then by offset.
+type itemHeap []item
+
+func (h itemHeap) Len() int { return len(h) }
+func (h itemHeap) Less(i, j int) bool {
+	if !h[i].ready.Equal(h[j].ready) {
+		return h[i].ready.Before(h[j].ready)
+	}
+	return h[i].rec.Offset < h[j].rec.Offset
+}
+func (h itemHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
+func (h *itemHeap) Push(x any)   { *h = append(*h, x.(item)) }
+func (h *itemHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = item{}
+	*h = old[:len(old)-1]
+	return it
+}
