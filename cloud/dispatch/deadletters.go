@@ -40,7 +40,7 @@ type DeadLetterEntry struct {
 // DeadLetterPage is one page of DeadLetters.
 type DeadLetterPage struct {
 	// Topic is the subscription's dead-letter topic.
-	Topic       string       `json:"topic"`
+	Topic       string            `json:"topic"`
 	DeadLetters []DeadLetterEntry `json:"dead_letters"`
 	// Next is the offset to pass as from for the following page. A page
 	// with fewer entries than the limit reached the end (for now).
