@@ -21,6 +21,8 @@ func FuzzReadFrame(f *testing.F) {
 		{Body: &syncv1.Frame_Hello{Hello: &syncv1.Hello{ProtocolVersion: 1, GatewayId: "gw"}}},
 		{Body: &syncv1.Frame_Batch{Batch: b}},
 		{Body: &syncv1.Frame_Ack{Ack: &syncv1.Ack{AckedSeq: 9}}},
+		{Body: &syncv1.Frame_Ack{Ack: &syncv1.Ack{AckedSeq: 9, Credit: &syncv1.Credit{Window: 0, WindowBytes: 1 << 20}}}},
+		{Body: &syncv1.Frame_Welcome{Welcome: &syncv1.Welcome{HighWaterMark: 3, Window: 8, Credit: &syncv1.Credit{Window: 4}}}},
 	} {
 		buf.Reset()
 		_ = WriteFrame(&buf, fr)
