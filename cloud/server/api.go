@@ -73,6 +73,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /v1/subscriptions/{id}", write(s.handleDeleteSub))
 	mux.HandleFunc("GET /v1/subscriptions/{id}/deadletters", read(s.handleDeadLetters))
 	mux.HandleFunc("POST /v1/subscriptions/{id}/deadletters/redrive", write(s.handleRedrive))
+	mux.HandleFunc("POST /v1/subscriptions/{id}/replay", write(s.handleReplay))
 }
 
 // handleEvents pages through the central log: from (default: the first

@@ -101,3 +101,26 @@ func (s *Server) handleRedrive(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusAccepted, res)
 }
+
+// replayAnswer is the answer of POST .../replay.
+type replayAnswer struct {
+	// Offset is where delivery restarted.
+	Offset uint64 `json:"offset"`
+}
+
+// handleReplay moves a subscription's cursor: {"from_offset": N} or
+// {"from_time": "2025-03-01T08:00:00Z"}. The move is durable when the
+// answer (200, with the offset delivery restarted from) is sent.
+func (s *Server) handleReplay(w http.ResponseWriter, r *http.Request) {
+	var req dispatch.ReplayRequest
+	if err := decodeControl(r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	off, err := s.dispatch.Replay(r.PathValue("id"), req)
+	if err != nil {
+		writeError(w, dispatchStatus(err), "replay %q: %v", r.PathValue("id"), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, replayAnswer{Offset: off})
+}
