@@ -196,6 +196,7 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 			return nil, err
 		}
 	}
+	res["load_avg_1m_before"] = loadAverage()
 	var gcBefore runtime.MemStats
 	runtime.ReadMemStats(&gcBefore)
 	fmt.Fprintln(progress, "sync-drain: draining")
@@ -230,6 +231,7 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 	// CPU per message counts both sides (this process runs both): on a
 	// shared, loaded machine it is steadier than the rate, and on N cores
 	// it bounds the rate at N/cpu_us_per_msg million messages per second.
+	res["load_avg_1m_after"] = loadAverage()
 	res["drain_cpu_s"] = roundTo(drainCPU.Seconds(), 3)
 	res["cpu_us_per_msg"] = roundTo(drainCPU.Seconds()*1e6/float64(c.records), 2)
 	res["cores_busy"] = roundTo(drainCPU.Seconds()/secs, 2)
@@ -543,6 +545,21 @@ func rawQUIC(ctx context.Context, serverTLS, clientTLS *tls.Config, total int64)
 		return 0, fmt.Errorf("received %d of %d bytes", r.n, total)
 	}
 	return float64(total) / r.end.Sub(start).Seconds() / 1e6, nil
+}
+
+// loadAverage is the machine's 1-minute load average (Linux), or -1: the
+// rate means little when other work shares the cores, and this says how
+// much did.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return -1
+	}
+	var v float64
+	if _, err := fmt.Sscan(string(b), &v); err != nil {
+		return -1
+	}
+	return v
 }
 
 // processCPU is the user and system CPU time this process used so far.
