@@ -495,8 +495,13 @@ func (d *Dispatcher) Redrive(id string, req RedriveRequest) (RedriveResult, erro
 		sel = sel.add(lo, hi)
 	}
 
+	// Count, and narrow each selected range to the span from its first to
+	// its last newly queued dead letter: that is what becomes pending (the
+	// other offsets inside it are cleared by the worker as it passes).
 	var res RedriveResult
+	var queue intervals
 	for _, s := range sel {
+		lo, hi := uint64(0), uint64(0)
 		err := scanTopic(tr, topic, s.lo, s.hi, func(recs []commitlog.Record) {
 			rd.mu.Lock()
 			defer rd.mu.Unlock()
@@ -508,17 +513,22 @@ func (d *Dispatcher) Redrive(id string, req RedriveRequest) (RedriveResult, erro
 					res.AlreadyQueued++
 				default:
 					res.Queued++
+					if hi == 0 {
+						lo = rec.Offset
+					}
+					hi = rec.Offset + 1
 				}
 			}
 		})
 		if err != nil {
 			return RedriveResult{}, fmt.Errorf("dispatch: read dead letters: %w", err)
 		}
+		queue = queue.add(lo, hi)
 	}
 
 	rd.mu.Lock()
 	old := rd.st.Pending.clone()
-	for _, s := range sel {
+	for _, s := range queue {
 		for _, piece := range rd.st.Done.minus(s.lo, s.hi) {
 			rd.st.Pending = rd.st.Pending.add(piece.lo, piece.hi)
 		}
