@@ -139,6 +139,7 @@ func TestForeignCARefused(t *testing.T) {
 	if ss := srv.Stats(); ss.Accepted != 0 || ss.Batches != 0 {
 		t.Fatalf("server stats %+v", ss)
 	}
+	eventually(t, "failed handshakes counted", func() bool { return srv.Stats().HandshakeFailures >= 2 })
 	if held, acked := src.state(); held != 10 || acked != 0 {
 		t.Fatalf("source: held %d acked %d", held, acked)
 	}

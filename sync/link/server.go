@@ -152,8 +152,11 @@ type ServerStats struct {
 	Grant   int
 	Credits uint64
 	// ZeroRTT counts connections whose handshake completed after the
-	// gateway sent 0-RTT data (their Hello).
-	ZeroRTT uint64
+	// gateway sent 0-RTT data (their Hello). HandshakeFailures counts
+	// connections whose handshake failed (a certificate TLS refused) or did
+	// not complete within HelloTimeout (such as a replayed 0-RTT flight);
+	// they are not in Refused.
+	ZeroRTT, HandshakeFailures uint64
 }
 
 // Server is the cloud side of sync links: it accepts gateways' QUIC
@@ -182,7 +185,7 @@ type Server struct {
 	accepted, superseded, refused         atomic.Uint64
 	batches, records, bytes, ackedBatches atomic.Uint64
 	protocolErrors, sinkErrors, credits   atomic.Uint64
-	zeroRTT                               atomic.Uint64
+	zeroRTT, handshakeFailures            atomic.Uint64
 
 	credit   flow.Credit
 	backlog  atomic.Int64 // bytes handed to the sink, not yet durable
@@ -352,20 +355,21 @@ func (s *Server) Stats() ServerStats {
 	n := len(s.sessions)
 	s.mu.Unlock()
 	return ServerStats{
-		Sessions:       n,
-		Accepted:       s.accepted.Load(),
-		Superseded:     s.superseded.Load(),
-		Refused:        s.refused.Load(),
-		Batches:        s.batches.Load(),
-		Records:        s.records.Load(),
-		Bytes:          s.bytes.Load(),
-		AckedBatches:   s.ackedBatches.Load(),
-		ProtocolErrors: s.protocolErrors.Load(),
-		SinkErrors:     s.sinkErrors.Load(),
-		Backlog:        s.backlog.Load(),
-		Grant:          int(s.grant.Load()),
-		Credits:        s.credits.Load(),
-		ZeroRTT:        s.zeroRTT.Load(),
+		Sessions:          n,
+		Accepted:          s.accepted.Load(),
+		Superseded:        s.superseded.Load(),
+		Refused:           s.refused.Load(),
+		Batches:           s.batches.Load(),
+		Records:           s.records.Load(),
+		Bytes:             s.bytes.Load(),
+		AckedBatches:      s.ackedBatches.Load(),
+		ProtocolErrors:    s.protocolErrors.Load(),
+		SinkErrors:        s.sinkErrors.Load(),
+		Backlog:           s.backlog.Load(),
+		Grant:             int(s.grant.Load()),
+		Credits:           s.credits.Load(),
+		ZeroRTT:           s.zeroRTT.Load(),
+		HandshakeFailures: s.handshakeFailures.Load(),
 	}
 }
 
@@ -409,10 +413,15 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 	case <-conn.HandshakeComplete():
 		hs.Stop()
 	case <-conn.Context().Done():
+		// TLS refused a certificate, or quic-go's handshake timeout
+		// (HelloTimeout too) struck first: nothing more to say.
 		hs.Stop()
-		return // the handshake failed (a certificate refused by TLS): nothing to say
+		s.handshakeFailures.Add(1)
+		return
 	case <-hs.C:
-		s.refuse(conn, nil, syncv1.ErrorCode_ERROR_CODE_PROTOCOL, "handshake not completed")
+		s.handshakeFailures.Add(1)
+		s.log.Warn("sync connection closed: handshake not completed", "remote", conn.RemoteAddr().String())
+		_ = conn.CloseWithError(closeCode(syncv1.ErrorCode_ERROR_CODE_PROTOCOL), "handshake not completed")
 		return
 	case <-ctx.Done():
 		hs.Stop()
