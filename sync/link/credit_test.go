@@ -58,8 +58,8 @@ func TestCreditPausesGateways(t *testing.T) {
 	cfg.MaxBacklog = 1 // any backlog pauses
 	srv := startServer(t, cfg, sink, nil)
 	srcA, srcB := newSource(t), newSource(t)
-	srcA.add(3000)
-	srcB.add(3000)
+	srcA.add(1500)
+	srcB.add(1500)
 	ccfg := clientConfig(t, p, srv.Addr().String(), "gw-a")
 	ccfg.MaxBatchRecords = 100
 	a := startClient(t, ccfg, srcA)
@@ -86,10 +86,10 @@ func TestCreditPausesGateways(t *testing.T) {
 	eventually(t, "both drained", func() bool {
 		_, ackedA := srcA.state()
 		_, ackedB := srcB.state()
-		return ackedA == 3000 && ackedB == 3000
+		return ackedA == 1500 && ackedB == 1500
 	})
-	checkLog(t, sink.log, "gw-a", 3000)
-	checkLog(t, sink.log, "gw-b", 3000)
+	checkLog(t, sink.log, "gw-a", 1500)
+	checkLog(t, sink.log, "gw-b", 1500)
 	st := srv.Stats()
 	if st.Credits == 0 || st.ProtocolErrors != 0 || st.Backlog != 0 {
 		t.Fatalf("server stats %+v", st)

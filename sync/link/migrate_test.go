@@ -19,7 +19,7 @@ func TestMigrateMidTransfer(t *testing.T) {
 	srv := startServer(t, serverConfig(t, p), sink, nil)
 	relay := startRelay(t, srv.Addr().String(), faultnet.Config{Seed: 3})
 	src := newSource(t)
-	src.add(5000)
+	src.add(2000)
 	cfg := clientConfig(t, p, relay.Addr().String(), "gw-1")
 	cfg.LocalAddr = "127.0.0.1:0"
 	c := startClient(t, cfg, src)
@@ -38,9 +38,9 @@ func TestMigrateMidTransfer(t *testing.T) {
 		t.Fatalf("relay saw %d client addresses, want 2 (old and new socket)", st.Clients)
 	}
 	sink.release()
-	src.add(5000)
-	eventually(t, "all acknowledged", func() bool { _, a := src.state(); return a == 10000 })
-	checkLog(t, sink.log, "gw-1", 10000)
+	src.add(2000)
+	eventually(t, "all acknowledged", func() bool { _, a := src.state(); return a == 4000 })
+	checkLog(t, sink.log, "gw-1", 4000)
 	st := c.Stats()
 	if st.Sessions != 1 || st.Reconnects != 0 || st.Migrations != 1 {
 		t.Fatalf("client %+v: want one session that migrated", st)
@@ -48,7 +48,7 @@ func TestMigrateMidTransfer(t *testing.T) {
 	if ackedBefore != 0 || sink.dups() != 0 {
 		t.Fatalf("acked %d before migrating, %d duplicates: nothing should be resent", ackedBefore, sink.dups())
 	}
-	if ss := srv.Stats(); ss.Accepted != 1 || ss.Records != 10000 {
+	if ss := srv.Stats(); ss.Accepted != 1 || ss.Records != 4000 {
 		t.Fatalf("server %+v", ss)
 	}
 }
@@ -63,16 +63,16 @@ func TestNATRebinding(t *testing.T) {
 	srv := startServer(t, serverConfig(t, p), sink, nil)
 	relay := startRelay(t, srv.Addr().String(), faultnet.Config{Seed: 4})
 	src := newSource(t)
-	src.add(5000)
+	src.add(2000)
 	c := startClient(t, clientConfig(t, p, relay.Addr().String(), "gw-1"), src)
 	eventually(t, "batches in flight", func() bool { return sink.heldCount() >= 2 })
 	if err := relay.Rebind(); err != nil {
 		t.Fatal(err)
 	}
 	sink.release()
-	src.add(5000)
-	eventually(t, "all acknowledged", func() bool { _, a := src.state(); return a == 10000 })
-	checkLog(t, sink.log, "gw-1", 10000)
+	src.add(2000)
+	eventually(t, "all acknowledged", func() bool { _, a := src.state(); return a == 4000 })
+	checkLog(t, sink.log, "gw-1", 4000)
 	if st := c.Stats(); st.Sessions != 1 || st.Reconnects != 0 {
 		t.Fatalf("client %+v: want the session to survive the rebinding", st)
 	}
