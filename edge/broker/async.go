@@ -32,10 +32,11 @@ type session struct {
 // entry is one QoS 1 publish waiting for its acknowledgement.
 type entry struct {
 	msg delivery // delivered locally before the ack if code is success
-	// done and code are guarded by session.mu until done is set; after
-	// that they are read by the drain goroutine only.
+	// done, code and seq are guarded by session.mu until done is set;
+	// after that they are read by the drain goroutine only.
 	done bool
 	code packets.Code // CodeSuccess or the refusal
+	seq  uint64       // the outbox seq once committed (0: not forwarded or not committed)
 }
 
 func (b *Broker) session(cl *mqtt.Client) *session {
@@ -109,13 +110,15 @@ func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route) (
 
 	if forward {
 		b.forwarded.Add(1)
-		b.ob.Append(b.message(cl, &pk, route), func(_ uint64, err error) {
+		b.ob.Append(b.message(cl, &pk, route), func(seq uint64, err error) {
 			b.countCommit(err)
 			code := packets.CodeSuccess
 			if err != nil {
-				code = commitCode(err)
+				code, seq = commitCode(err), 0
+			} else {
+				b.marks.committed(seq)
 			}
-			b.complete(s, e, code)
+			b.complete(s, e, code, seq)
 		})
 	}
 	return taken(pk), nil
@@ -135,9 +138,9 @@ func taken(pk packets.Packet) packets.Packet {
 // complete records an entry's outcome and makes sure a drain runs. It runs
 // on the outbox writer goroutine, so it only flips state and may start a
 // goroutine.
-func (b *Broker) complete(s *session, e *entry, code packets.Code) {
+func (b *Broker) complete(s *session, e *entry, code packets.Code, seq uint64) {
 	s.mu.Lock()
-	e.done, e.code = true, code
+	e.done, e.code, e.seq = true, code, seq
 	start := !s.draining
 	if start {
 		s.draining = true
@@ -176,6 +179,9 @@ func (b *Broker) drain(s *session) {
 		for _, e := range batch {
 			if e.code == packets.CodeSuccess {
 				b.deliver(s.cl.ID, &e.msg)
+				if e.seq != 0 {
+					b.marks.delivered(e.seq)
+				}
 			}
 		}
 		b.writeAcks(s, batch)

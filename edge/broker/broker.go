@@ -38,10 +38,27 @@
 // Publishes from mochi's inline client (the gateway's own) are never
 // forwarded.
 //
+// # Sessions and the replay after a crash
+//
+// With Config.Sessions.File, persistent sessions, their subscriptions and
+// in-flight messages, and retained messages are kept in a SQLite file of
+// their own (sessionStore explains why not in the outbox's) and restored by
+// Start. A forwarded message is acknowledged once it is in the outbox, while
+// its delivery to local subscribers is recorded in the sessions file a
+// moment later; a delivery marker (deliveryMarks), committed with those
+// records, says up to which outbox seq every delivery is recorded. Start
+// delivers again every record after it (OutboxReader), before any client is
+// served, so a crash between the PUBACK and that record costs a duplicate,
+// not a loss.
+//
 // Known gaps: a client disconnected because its message could not be
 // committed (MQTT 3.1.1 has no negative PUBACK) does not have its will
-// published; after a crash, messages that were acknowledged but not yet
-// delivered to local subscribers are in the outbox only (no local replay).
+// published. The replay cannot bring back a record the cloud acknowledged
+// (and the outbox deleted) before its local delivery was recorded, a window
+// of a few hundred milliseconds at most; it is logged. A local-only message
+// (not forwarded) queued for a persistent session in the moments before a
+// crash may be lost. mochi resends a session's in-flight messages ordered by
+// creation second only.
 package broker
 
 import (
@@ -84,6 +101,12 @@ type Stats struct {
 	// LocalDropped counts messages mochi dropped on the way to local
 	// subscribers (full outbound queue or in-flight window).
 	LocalDropped int64
+	// Replayed counts forwarded messages delivered again to local
+	// subscribers at Start, after the stored delivery marker.
+	Replayed uint64
+	// SessionErrors counts session-state changes that could not be stored
+	// (Config.Sessions.File).
+	SessionErrors uint64
 }
 
 // Addrs are the bound listener addresses; nil for a listener that is not
@@ -127,6 +150,16 @@ type Broker struct {
 
 	sessMu   sync.RWMutex
 	sessions map[*mqtt.Client]*session
+
+	// store keeps persistent sessions (nil without Config.Sessions.File);
+	// marks tracks local delivery of committed messages for the replay
+	// after a crash (nil when there is no store or the outbox cannot be
+	// read back). syncSeqs holds, per client, the seq of a forwarded
+	// publish committed on the blocking path until mochi has delivered it.
+	store    *sessionStore
+	marks    *deliveryMarks
+	syncSeqs sync.Map // *mqtt.Client → uint64
+	replayed atomic.Uint64
 
 	received, forwarded, committed, commitErrors, rejected atomic.Uint64
 }
@@ -190,8 +223,12 @@ func (b *Broker) SetAuthorizer(a Authorizer) error {
 	return nil
 }
 
-// Start binds the listeners and starts serving. On error nothing is left
-// listening. Start may be called once.
+// Start binds the listeners and starts serving. With Config.Sessions.File
+// it first restores the stored sessions and, if the outbox can be read back
+// (OutboxReader), delivers again to local subscribers the forwarded
+// messages committed after the stored delivery marker (those a crash may
+// have kept from them), before any client is served. On error nothing is
+// left listening. Start may be called once.
 func (b *Broker) Start() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -232,21 +269,66 @@ func (b *Broker) Start() error {
 	inline.Properties.ProtocolVersion = 5
 	b.srv, b.inline = srv, inline
 
-	if err := srv.AddHook(&authHook{a: b.auth}, nil); err != nil {
-		return fmt.Errorf("broker: add auth hook: %w", err)
-	}
-	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
-		return fmt.Errorf("broker: add hook: %w", err)
-	}
-
 	var bound []net.Listener
+	var store *sessionStore
+	serving := false
 	fail := func(err error) error {
+		if serving {
+			_ = srv.Close()
+		}
 		for _, ln := range bound {
 			_ = ln.Close()
 		}
+		if store != nil {
+			_ = store.close()
+		}
+		b.store, b.marks = nil, nil
 		b.addrs = Addrs{}
 		return err
 	}
+
+	// The store and the marker come first: the hooks read b.marks.
+	var reader OutboxReader
+	var replayFrom uint64
+	if path := b.cfg.Sessions.File; path != "" {
+		var err error
+		if store, err = openSessionStore(path, b.log); err != nil {
+			return fail(err)
+		}
+		if r, ok := b.ob.(OutboxReader); ok {
+			saved, found, err := store.marker()
+			if err != nil {
+				return fail(err)
+			}
+			if !found {
+				// A new sessions file: nothing of the outbox is owed to
+				// local subscribers that this file could know about.
+				saved = r.Stats().LastSeq
+				if err := store.setMarker(saved); err != nil {
+					return fail(fmt.Errorf("broker: sessions: %w", err))
+				}
+			}
+			reader, replayFrom = r, saved
+			b.marks = newDeliveryMarks(saved)
+		}
+		b.store = store
+	}
+
+	if err := srv.AddHook(&authHook{a: b.auth}, nil); err != nil {
+		return fail(fmt.Errorf("broker: add auth hook: %w", err))
+	}
+	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
+		return fail(fmt.Errorf("broker: add hook: %w", err))
+	}
+	if store != nil {
+		if err := srv.AddHook(newStoreHook(store), nil); err != nil {
+			return fail(fmt.Errorf("broker: add sessions hook: %w", err))
+		}
+	}
+
+	// Sockets are bound now, so an address in use fails Start early; they
+	// are served only after the sessions are restored and replayed.
+	var lns []listeners.Listener
 	wt := lim.WriteTimeout
 	if !b.cfg.Listeners.TCP.Disabled {
 		ln, err := net.Listen("tcp", b.cfg.Listeners.TCP.Address)
@@ -255,9 +337,7 @@ func (b *Broker) Start() error {
 		}
 		bound = append(bound, ln)
 		b.addrs.TCP = ln.Addr()
-		if err := srv.AddListener(listeners.NewNet(listenerTCP, &deadlineListener{Listener: ln, timeout: wt})); err != nil {
-			return fail(fmt.Errorf("broker: tcp listener: %w", err))
-		}
+		lns = append(lns, listeners.NewNet(listenerTCP, &deadlineListener{Listener: ln, timeout: wt}))
 	}
 	if t := b.cfg.Listeners.TLS; t != nil {
 		tc, err := serverTLS("listeners.tls", t.CertFile, t.KeyFile, t.ClientCAFile)
@@ -270,10 +350,7 @@ func (b *Broker) Start() error {
 		}
 		bound = append(bound, ln)
 		b.addrs.TLS = ln.Addr()
-		tln := &deadlineListener{Listener: tlsListener(ln, tc), timeout: wt}
-		if err := srv.AddListener(listeners.NewNet(listenerTLS, tln)); err != nil {
-			return fail(fmt.Errorf("broker: tls listener: %w", err))
-		}
+		lns = append(lns, listeners.NewNet(listenerTLS, &deadlineListener{Listener: tlsListener(ln, tc), timeout: wt}))
 	}
 	if w := b.cfg.Listeners.WebSocket; w != nil {
 		var tc *tls.Config
@@ -289,15 +366,34 @@ func (b *Broker) Start() error {
 		}
 		bound = append(bound, ln)
 		b.addrs.WebSocket = ln.Addr()
-		if err := srv.AddListener(&wsListener{id: listenerWS, ln: ln, tls: tc, timeout: wt}); err != nil {
-			return fail(fmt.Errorf("broker: websocket listener: %w", err))
-		}
+		lns = append(lns, &wsListener{id: listenerWS, ln: ln, tls: tc, timeout: wt})
 	}
-	if err := srv.Serve(); err != nil {
+
+	if store != nil {
+		store.start(b.marks, replayFrom)
+	}
+	if err := srv.Serve(); err != nil { // restores stored sessions first
 		return fail(fmt.Errorf("broker: serve: %w", err))
 	}
+	serving = true
+	if reader != nil {
+		n, err := b.replay(reader, replayFrom)
+		if err != nil {
+			return fail(err)
+		}
+		if n > 0 {
+			b.log.Info("delivered again to local subscribers after a restart", "messages", n, "after_seq", replayFrom)
+		}
+	}
+	for _, l := range lns {
+		if err := srv.AddListener(l); err != nil {
+			return fail(fmt.Errorf("broker: %s listener: %w", l.ID(), err))
+		}
+		srv.Listeners.Serve(l.ID(), srv.EstablishConnection)
+	}
 	b.started = true
-	b.log.Info("broker started", "tcp", b.addrs.TCP, "tls", b.addrs.TLS, "websocket", b.addrs.WebSocket, "ack_mode", b.cfg.AckMode)
+	b.log.Info("broker started", "tcp", b.addrs.TCP, "tls", b.addrs.TLS, "websocket", b.addrs.WebSocket,
+		"ack_mode", b.cfg.AckMode, "sessions", b.cfg.Sessions.File)
 	return nil
 }
 
@@ -332,6 +428,11 @@ func (b *Broker) Close() error {
 	b.noWills = true // a delayed will from mochi's event loop must not Add after Wait began
 	b.willMu.Unlock()
 	b.work.Wait()
+	if b.store != nil {
+		if serr := b.store.close(); serr != nil && err == nil {
+			err = fmt.Errorf("broker: close sessions: %w", serr)
+		}
+	}
 	return err
 }
 
@@ -343,10 +444,14 @@ func (b *Broker) Stats() Stats {
 		Committed:    b.committed.Load(),
 		CommitErrors: b.commitErrors.Load(),
 		Rejected:     b.rejected.Load(),
+		Replayed:     b.replayed.Load(),
 	}
 	b.mu.Lock()
-	srv := b.srv
+	srv, store := b.srv, b.store
 	b.mu.Unlock()
+	if store != nil {
+		s.SessionErrors = store.failures.Load()
+	}
 	if srv != nil {
 		s.Clients = atomic.LoadInt64(&srv.Info.ClientsConnected)
 		s.LocalDropped = atomic.LoadInt64(&srv.Info.MessagesDropped) + atomic.LoadInt64(&srv.Info.InflightDropped)

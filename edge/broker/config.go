@@ -26,6 +26,23 @@ type Config struct {
 	AckMode AckMode `yaml:"ack_mode"`
 	// Auth chooses who may connect and which topics they may use.
 	Auth Auth `yaml:"auth"`
+	// Sessions keeps persistent sessions across restarts.
+	Sessions Sessions `yaml:"sessions"`
+}
+
+// Sessions configures where session state outlives the process.
+type Sessions struct {
+	// File is a SQLite database (created if missing) holding persistent
+	// sessions (MQTT 3.1.1 clean session off, MQTT 5 session expiry above 0)
+	// with their subscriptions and in-flight messages, the retained
+	// messages, and the marker from which forwarded messages are delivered
+	// again to local subscribers after a crash. A gateway keeps it beside
+	// the outbox database, in its data directory; it is a file of its own so
+	// that its writes never wait for, or hold up, the outbox's commits.
+	// Relative paths are relative to the working directory. "" (the zero
+	// value): sessions, subscriptions and retained messages live in memory
+	// only and are lost when the process stops.
+	File string `yaml:"file"`
 }
 
 // Auth configures device authentication and authorisation.

@@ -367,6 +367,8 @@ func (c *rawClient) send(pk packets.Packet) {
 		err = pk.SubscribeEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pubrel:
+		err = pk.PubrelEncode(&buf)
 	case packets.Pingreq:
 		err = pk.PingreqEncode(&buf)
 	default:
@@ -438,6 +440,8 @@ func (c *rawClient) read() (packets.Packet, error) {
 		err = pk.PubackDecode(body)
 	case packets.Pubrec:
 		err = pk.PubrecDecode(body)
+	case packets.Pubcomp:
+		err = pk.PubcompDecode(body)
 	case packets.Suback:
 		err = pk.SubackDecode(body)
 	case packets.Disconnect:

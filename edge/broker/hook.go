@@ -24,7 +24,21 @@ var _ mqtt.Hook = (*hook)(nil)
 func (h *hook) ID() string { return "tributary-outbox" }
 
 func (h *hook) Provides(b byte) bool {
-	return b == mqtt.OnPublish || b == mqtt.OnDisconnect || b == mqtt.OnPacketEncode || b == mqtt.OnWillSent
+	switch b {
+	case mqtt.OnPublish, mqtt.OnDisconnect, mqtt.OnPacketEncode, mqtt.OnWillSent:
+		return true
+	case mqtt.OnPublished:
+		return h.b.marks != nil
+	}
+	return false
+}
+
+// OnPublished runs after mochi delivered a publish it acknowledged itself:
+// a forwarded one committed on the blocking path is now delivered.
+func (h *hook) OnPublished(cl *mqtt.Client, _ packets.Packet) {
+	if seq, ok := h.b.syncSeqs.LoadAndDelete(cl); ok {
+		h.b.marks.delivered(seq.(uint64))
+	}
 }
 
 // OnWillSent forwards a will message that mochi has just published to
@@ -44,8 +58,11 @@ func (h *hook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	b.received.Add(1)
 	b.forwarded.Add(1)
 	b.work.Add(1)
-	b.ob.Append(b.message(cl, &pk, route), func(_ uint64, err error) {
+	b.ob.Append(b.message(cl, &pk, route), func(seq uint64, err error) {
 		b.countCommit(err)
+		if err == nil {
+			b.marks.seen(seq) // mochi delivered it already
+		}
 		b.work.Done()
 	})
 }
@@ -65,6 +82,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.b.sessMu.Lock()
 	delete(h.b.sessions, cl)
 	h.b.sessMu.Unlock()
+	if seq, ok := h.b.syncSeqs.LoadAndDelete(cl); ok {
+		// mochi did not get to deliver it (the PUBACK write failed): the
+		// client was not acknowledged and resends.
+		h.b.marks.delivered(seq.(uint64))
+	}
 }
 
 // OnPublish runs on the publishing client's read goroutine, before mochi
@@ -93,25 +115,38 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	m := b.message(cl, &pk, route)
 	if qos == 0 {
 		b.work.Add(1)
-		b.ob.Append(m, func(_ uint64, err error) {
+		b.ob.Append(m, func(seq uint64, err error) {
 			b.countCommit(err)
+			if err == nil {
+				b.marks.seen(seq) // mochi delivers it when OnPublish returns
+			}
 			b.work.Done()
 		})
 		return pk, nil
 	}
 	// AckSync, or QoS 2 in either mode: wait for the commit here.
-	done := make(chan error, 1)
+	type result struct {
+		seq uint64
+		err error
+	}
+	done := make(chan result, 1)
 	b.work.Add(1)
-	b.ob.Append(m, func(_ uint64, err error) {
+	b.ob.Append(m, func(seq uint64, err error) {
 		b.countCommit(err)
-		done <- err
+		if err == nil {
+			b.marks.committed(seq)
+		}
+		done <- result{seq, err}
 		b.work.Done()
 	})
 	select {
-	case err := <-done:
-		if err != nil {
+	case r := <-done:
+		if r.err != nil {
 			b.rejected.Add(1)
-			return b.refuse(cl, pk, commitCode(err))
+			return b.refuse(cl, pk, commitCode(r.err))
+		}
+		if b.marks != nil {
+			b.syncSeqs.Store(cl, r.seq) // delivered once mochi calls OnPublished
 		}
 		return pk, nil
 	case <-b.closing:
