@@ -87,6 +87,11 @@ type message struct {
 	payload []byte
 }
 
+// connectLimit bounds the wait for a device's first connection (paho retries
+// meanwhile): generous, as ten thousand devices connecting to gateways on a
+// busy two-core machine wait their turn.
+const connectLimit = 3 * time.Minute
+
 // connect opens the device's MQTT connection (paho reconnects on its own
 // afterwards).
 func (d *device) connect(ctx context.Context) error {
@@ -112,20 +117,22 @@ func (d *device) connect(ctx context.Context) error {
 			return fmt.Errorf("device %s: connect to %s: %w", d.id, d.addr, err)
 		}
 		return nil
-	case <-time.After(30 * time.Second):
-		return fmt.Errorf("device %s: connect to %s: no CONNACK within 30 s", d.id, d.addr)
+	case <-time.After(connectLimit):
+		return fmt.Errorf("device %s: connect to %s: not connected within %v", d.id, d.addr, connectLimit)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
-// run creates messages from start until stopCreating is closed, and
-// publishes until its queue is empty after that, or ctx ends.
-func (d *device) run(ctx context.Context, start time.Time, stopCreating <-chan struct{}) {
+// run creates messages on schedule from start until end (or stopCreating is
+// closed), and publishes until its queue is empty after that, or ctx ends.
+// A device that falls behind (a starved goroutine) creates the messages it
+// missed, but none scheduled at or after end.
+func (d *device) run(ctx context.Context, start, end time.Time, stopCreating <-chan struct{}) {
 	for i := range d.streams {
 		d.streams[i].next = start.Add(d.streams[i].offset)
 	}
-	timer := time.NewTimer(d.untilNext())
+	timer := time.NewTimer(max(time.Until(d.nextDue()), 0))
 	defer timer.Stop()
 	var (
 		queue    []message
@@ -156,12 +163,14 @@ func (d *device) run(ctx context.Context, start time.Time, stopCreating <-chan s
 			}
 			for i := range d.streams {
 				st := &d.streams[i]
-				for !st.next.After(now) {
+				for !st.next.After(now) && st.next.Before(end) {
 					queue = append(queue, d.create(st))
 					st.next = st.next.Add(st.interval)
 				}
 			}
-			timer.Reset(d.untilNext())
+			if next := d.nextDue(); next.Before(end) {
+				timer.Reset(max(time.Until(next), 0))
+			}
 		case <-inflight:
 			inflight = nil
 			k := queue[0].key
@@ -195,18 +204,23 @@ func (d *device) create(st *devStream) message {
 	return message{key: k, topic: st.topic, payload: ledger.MakePayload(d.id, d.n, now, st.size)}
 }
 
-func (d *device) untilNext() time.Duration {
+// nextDue is when the device's next message is due (far away for a device
+// without streams).
+func (d *device) nextDue() time.Time {
+	if len(d.streams) == 0 {
+		return time.Now().Add(24 * time.Hour)
+	}
 	next := d.streams[0].next
 	for _, st := range d.streams[1:] {
 		if st.next.Before(next) {
 			next = st.next
 		}
 	}
-	return max(time.Until(next), 0)
+	return next
 }
 
 func (d *device) close() {
 	if d.client != nil {
-		d.client.Disconnect(100)
+		d.client.Disconnect(20)
 	}
 }

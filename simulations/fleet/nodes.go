@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cloudevents/sdk-go/binding/format/protobuf/v2/pb"
 	"google.golang.org/protobuf/proto"
@@ -100,7 +101,9 @@ func (s *edgeStats) add(o edgeStats) {
 
 // logRecord is what the simulator needs of one central-log record.
 type logRecord struct {
-	Offset   uint64
+	Offset uint64
+	// Time is when the log appended it.
+	Time     time.Time
 	Topic    string
 	Producer string
 	Seq      uint64

@@ -63,17 +63,21 @@ func (c *inprocCloud) Start(context.Context) error {
 }
 
 func (c *inprocCloud) stop() error {
+	// Detach the server under the lock (a log read in progress finishes
+	// first), then stop it without holding the lock, so NextOffset and
+	// ReadLog answer (errDown) while it closes.
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.srv == nil {
+	srv, cancel, done := c.srv, c.cancel, c.done
+	if srv == nil {
+		c.mu.Unlock()
 		return nil
 	}
-	c.next = c.srv.Log().NextOffset()
-	c.cancel()
-	<-c.done
-	err := c.srv.Close()
+	c.next = srv.Log().NextOffset()
 	c.srv = nil
-	return err
+	c.mu.Unlock()
+	cancel()
+	<-done
+	return srv.Close()
 }
 
 func (c *inprocCloud) Kill() error  { return c.stop() }
@@ -111,7 +115,7 @@ func (c *inprocCloud) ReadLog(from uint64, max int, fn func(logRecord)) (uint64,
 		return from, fmt.Errorf("read central log at %d: %w", from, err)
 	}
 	for _, r := range recs {
-		lr := logRecord{Offset: r.Offset, Topic: r.Topic, Producer: r.Producer, Seq: r.ProducerSeq}
+		lr := logRecord{Offset: r.Offset, Time: r.Time, Topic: r.Topic, Producer: r.Producer, Seq: r.ProducerSeq}
 		if err := decodeLogValue(&lr, r.Value); err != nil {
 			return from, err
 		}
@@ -176,9 +180,9 @@ func (e *inprocEdge) Start(context.Context) error {
 	return nil
 }
 
-// current reads the running incarnation's counters. Call with e.mu held.
-func (e *inprocEdge) current() edgeStats {
-	st := e.g.Stats()
+// currentStats reads one incarnation's counters.
+func currentStats(g *gateway.Gateway) edgeStats {
+	st := g.Stats()
 	s := edgeStats{
 		Up: true, Backlog: st.Outbox.Records, Connected: st.Link.State == link.Connected,
 		Refused: st.Broker.Rejected, DiskFailures: st.Outbox.FailedRows, QuotaRejected: st.Outbox.Rejected,
@@ -200,7 +204,7 @@ func (e *inprocEdge) Stats() (edgeStats, error) {
 	defer e.mu.Unlock()
 	s := edgeStats{DropsKnown: true}
 	if e.g != nil {
-		s = e.current()
+		s = currentStats(e.g)
 	}
 	s.add(e.carried)
 	s.Restarts = max(e.starts-1, 0)
@@ -208,17 +212,21 @@ func (e *inprocEdge) Stats() (edgeStats, error) {
 }
 
 func (e *inprocEdge) stop() error {
+	// As inprocCloud.stop: close outside the lock so Stats keeps answering.
 	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.g == nil {
+	g, cancel, done := e.g, e.cancel, e.done
+	e.g = nil
+	e.mu.Unlock()
+	if g == nil {
 		return nil
 	}
-	e.cancel()
-	<-e.done
-	err := e.g.Close()
+	cancel()
+	<-done
+	err := g.Close()
 	// Read the counters after Close: it commits what was queued.
-	e.carried.add(e.current())
-	e.g = nil
+	e.mu.Lock()
+	e.carried.add(currentStats(g))
+	e.mu.Unlock()
 	return err
 }
 

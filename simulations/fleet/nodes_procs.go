@@ -138,7 +138,7 @@ func (c *procCloud) ReadLog(from uint64, max int, fn func(logRecord)) (uint64, e
 	c.next = page.End
 	c.mu.Unlock()
 	for _, e := range page.Events {
-		r := logRecord{Offset: e.Offset, Topic: e.Topic, Producer: e.Gateway, Seq: e.GatewaySeq}
+		r := logRecord{Offset: e.Offset, Time: e.Time, Topic: e.Topic, Producer: e.Gateway, Seq: e.GatewaySeq}
 		if e.DecodeError != "" {
 			return from, fmt.Errorf("log record %d: %s", e.Offset, e.DecodeError)
 		}
@@ -186,6 +186,7 @@ func newProcEdge(bins procs.Binaries, id, dataDir, cfgPath, cloudAddr, devCADir 
 		return nil, err
 	}
 	metrics := "127.0.0.1:" + strconv.Itoa(port)
+	// ExtraArgs ends with the metrics address (Start may replace it).
 	return &procEdge{
 		id: id, bins: bins, metrics: metrics,
 		opts: procs.EdgeOptions{
@@ -209,7 +210,20 @@ func (e *procEdge) Start(ctx context.Context) error {
 	if e.e != nil {
 		return errors.New("gateway already running")
 	}
-	pe, err := procs.StartEdge(ctx, e.bins, e.opts)
+	pe, err := e.startOnce(ctx)
+	// Ports are picked free and then released before the child binds
+	// them; with many gateways starting at once another may take one
+	// first. On a first start, pick again (restarts must keep theirs).
+	for try := 0; err != nil && e.starts == 0 && try < 3 && strings.Contains(err.Error(), "address already in use"); try++ {
+		port, perr := procs.FreePort("tcp")
+		if perr != nil {
+			return perr
+		}
+		e.metrics = "127.0.0.1:" + strconv.Itoa(port)
+		e.opts.ExtraArgs[len(e.opts.ExtraArgs)-1] = e.metrics
+		e.opts.MQTTPort = 0
+		pe, err = e.startOnce(ctx)
+	}
 	if err != nil {
 		return err
 	}
@@ -220,7 +234,39 @@ func (e *procEdge) Start(ctx context.Context) error {
 	return nil
 }
 
-// scrape reads the running child's counters. Call with e.mu held.
+// startOnce starts the child and waits until its metrics answer:
+// procs.StartEdge returns once the MQTT port accepts, but the gateway opens
+// its metrics listener after that and exits if it cannot.
+func (e *procEdge) startOnce(ctx context.Context) (*procs.Edge, error) {
+	pe, err := procs.StartEdge(ctx, e.bins, e.opts)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.NewTimer(30 * time.Second)
+	defer deadline.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if exited, werr := pe.Exited(); exited {
+			return nil, fmt.Errorf("edge %s exited after starting: %v\n%s", e.id, werr, pe.Tail(5))
+		}
+		if _, err := e.scrape(); err == nil {
+			return pe, nil
+		}
+		select {
+		case <-ctx.Done():
+			pe.Kill()
+			return nil, ctx.Err()
+		case <-deadline.C:
+			pe.Kill()
+			return nil, fmt.Errorf("edge %s: metrics at %s did not answer within 30 s\n%s", e.id, e.metrics, pe.Tail(5))
+		case <-tick.C:
+		}
+	}
+}
+
+// scrape reads the running child's counters. Call with e.mu held (or
+// before the child is published in e.e).
 func (e *procEdge) scrape() (edgeStats, error) {
 	resp, err := httpc.Get("http://" + e.metrics + "/metrics")
 	if err != nil {
@@ -239,6 +285,10 @@ func (e *procEdge) scrape() (edgeStats, error) {
 			continue
 		}
 		name, rest, _ := strings.Cut(line, "{")
+		if !strings.Contains(rest, `gateway="`+e.id+`"`) {
+			// Another process holds this port (see startOnce).
+			return edgeStats{}, fmt.Errorf("metrics at %s are not %s's: %q", e.metrics, e.id, line)
+		}
 		if i := strings.LastIndexByte(rest, ' '); i >= 0 {
 			rest = rest[i+1:]
 		}

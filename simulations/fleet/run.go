@@ -299,7 +299,28 @@ func (r *runner) setup() error {
 	// Devices.
 	r.devices = r.makeDevices()
 	r.say("connecting %d devices (one MQTT connection each)", len(r.devices))
-	return parallel(ctx, len(r.devices), 64, func(i int) error { return r.devices[i].connect(ctx) })
+	var connected atomic.Int64
+	done := make(chan struct{})
+	defer close(done)
+	if len(r.devices) >= 1000 {
+		go func() {
+			tick := time.NewTicker(r.o.ProgressEvery)
+			defer tick.Stop()
+			for {
+				select {
+				case <-done:
+					return
+				case <-tick.C:
+					r.say("%d of %d devices connected", connected.Load(), len(r.devices))
+				}
+			}
+		}()
+	}
+	return parallel(ctx, len(r.devices), 64, func(i int) error {
+		err := r.devices[i].connect(ctx)
+		connected.Add(1)
+		return err
+	})
 }
 
 // forwardingRules gives each stream's topics their priority and type; none
@@ -353,7 +374,10 @@ func (r *runner) makeDevices() []*device {
 			interval := time.Duration(float64(time.Second) / st.Rate)
 			d.streams = append(d.streams, devStream{
 				topic: topic, size: st.PayloadBytes, interval: interval,
-				offset: time.Duration(int64(interval) * int64(i) / int64(n)),
+				// Spread first messages over one interval by the golden
+				// ratio: any block of devices (one gateway's) is spread
+				// evenly too, so no gateway sends in bursts.
+				offset: time.Duration(float64(interval) * math.Mod(float64(i)*0.6180339887498949, 1)),
 				meta:   ledger.Meta{Gateway: d.gateway, Priority: uint8(st.Priority), Subs: subs},
 			})
 		}
@@ -447,7 +471,7 @@ func (r *runner) logged(rec logRecord) {
 		return
 	}
 	r.led.InLogFrom(ledger.Key{Device: p.Device, N: p.N}, rec.Producer, rec.Seq)
-	r.ser.InLog(time.Now())
+	r.ser.InLog(rec.Time)
 }
 
 // tailToEnd reads the central log to its end, retrying for up to limit
@@ -473,8 +497,10 @@ func (r *runner) tailToEnd(limit time.Duration) error {
 // sample reads every gateway's counters into the series.
 func (r *runner) sample(now time.Time) {
 	backlog := make([]int64, len(r.edges))
-	for i, e := range r.edges {
-		st, err := e.Stats()
+	// Child processes are scraped over HTTP: a few at a time, so a large
+	// fleet is sampled within its step.
+	_ = parallel(context.Background(), len(r.edges), 8, func(i int) error {
+		st, err := r.edges[i].Stats()
 		r.mu.Lock()
 		if err == nil || st.Up {
 			r.last[i] = st
@@ -485,7 +511,8 @@ func (r *runner) sample(now time.Time) {
 		if st.Up {
 			backlog[i] = int64(st.Backlog)
 		}
-	}
+		return nil
+	})
 	var queued int64
 	for _, d := range r.devices {
 		queued += d.queued.Load()
@@ -559,7 +586,7 @@ func (r *runner) run() (*Report, error) {
 		devWG.Add(1)
 		go func() {
 			defer devWG.Done()
-			d.run(devCtx, started, stopCreating)
+			d.run(devCtx, started, started.Add(sc.Duration.D()), stopCreating)
 		}()
 	}
 	devicesDone := make(chan struct{})
@@ -570,9 +597,15 @@ func (r *runner) run() (*Report, error) {
 	var bg sync.WaitGroup
 	defer func() { stopBG(); bg.Wait() }()
 	bg.Add(3)
+	// Gateways in child processes are scraped over HTTP; a large fleet of
+	// them is sampled less often, so scraping does not eat the machine.
+	every := step
+	if sc.Mode == Processes && len(r.edges) > 30 {
+		every = 3 * step
+	}
 	go func() {
 		defer bg.Done()
-		next := started.Add(step)
+		next := started.Add(every)
 		for {
 			t := time.NewTimer(time.Until(next))
 			select {
@@ -582,7 +615,7 @@ func (r *runner) run() (*Report, error) {
 			case <-t.C:
 			}
 			r.sample(next)
-			next = next.Add(step)
+			next = next.Add(every)
 		}
 	}()
 	go func() {
@@ -730,11 +763,12 @@ func maxTime(a, b time.Time) time.Time {
 
 // teardown stops everything setup started, in reverse order.
 func (r *runner) teardown() {
-	for _, d := range r.devices {
-		if d != nil {
+	_ = parallel(context.Background(), len(r.devices), 64, func(i int) error {
+		if d := r.devices[i]; d != nil {
 			d.close()
 		}
-	}
+		return nil
+	})
 	var wg sync.WaitGroup
 	for _, e := range r.edges {
 		if e != nil {

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -16,7 +17,7 @@ type series struct {
 	mu                                 sync.Mutex
 	published, acked, delivered, inLog []int
 	lat                                [][]float32 // per bucket: first-delivery latencies in ms
-	backlog                            [][]int64   // per gateway, per bucket: outbox records (sampled; -1 = no sample)
+	backlog                            [][]int64   // per gateway, per bucket: outbox records (sampled; -1: down; unsampled: noSample)
 	queued                             []int64     // per bucket: messages waiting in devices (sampled)
 }
 
@@ -58,16 +59,20 @@ func (s *series) Delivered(t time.Time, latency time.Duration) {
 	s.mu.Unlock()
 }
 
+// noSample marks a bucket no sample fell in (samples may be sparser than
+// buckets); report carries the previous sample forward over it.
+const noSample = math.MinInt64
+
 // Sample records the gateways' backlogs (-1 for a gateway that could not
 // be read) and the devices' queues at t.
 func (s *series) Sample(t time.Time, backlog []int64, queued int64) {
 	i := s.index(t)
 	s.mu.Lock()
 	for g, v := range backlog {
-		s.backlog[g] = grow(s.backlog[g], i, -1)
+		s.backlog[g] = grow(s.backlog[g], i, noSample)
 		s.backlog[g][i] = v
 	}
-	s.queued = grow(s.queued, i, -1)
+	s.queued = grow(s.queued, i, noSample)
 	s.queued[i] = queued
 	s.mu.Unlock()
 }
@@ -110,7 +115,7 @@ func (s *series) report(n int, gateways []string) SeriesReport {
 		StepS: s.step.Seconds(), Published: pad(s.published), Acked: pad(s.acked),
 		InLog: pad(s.inLog), Delivered: pad(s.delivered),
 		P50ms: make([]float64, n), P90ms: make([]float64, n), P99ms: make([]float64, n),
-		DeviceQueue: grow(slices.Clone(s.queued), n-1, -1)[:n],
+		DeviceQueue: carry(grow(slices.Clone(s.queued), n-1, noSample)[:n]),
 	}
 	for i := range n {
 		r.P50ms[i], r.P90ms[i], r.P99ms[i] = -1, -1, -1
@@ -126,7 +131,21 @@ func (s *series) report(n int, gateways []string) SeriesReport {
 		r.P50ms[i], r.P90ms[i], r.P99ms[i] = q(0.50), q(0.90), q(0.99)
 	}
 	for g, id := range gateways {
-		r.Backlog = append(r.Backlog, GatewaySeries{Gateway: id, Values: grow(slices.Clone(s.backlog[g]), n-1, -1)[:n]})
+		r.Backlog = append(r.Backlog, GatewaySeries{Gateway: id, Values: carry(grow(slices.Clone(s.backlog[g]), n-1, noSample)[:n])})
 	}
 	return r
+}
+
+// carry replaces unsampled buckets by the previous sample (-1 before the
+// first).
+func carry(a []int64) []int64 {
+	last := int64(-1)
+	for i, v := range a {
+		if v == noSample {
+			a[i] = last
+		} else {
+			last = v
+		}
+	}
+	return a
 }
