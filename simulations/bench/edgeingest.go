@@ -72,6 +72,7 @@ type ingestConfig struct {
 	mosquitto               string
 	mosqInflight            int
 	ackMode                 string
+	sessions                bool
 	maxBatchRows            int
 	queueLimit              int
 	keep                    bool
@@ -90,6 +91,7 @@ func edgeIngestFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[str
 	fs.StringVar(&c.mosquitto, "mosquitto", "", "mosquitto binary (default: from PATH, else /usr/sbin/mosquitto)")
 	fs.IntVar(&c.mosqInflight, "mosquitto-max-inflight", 0, "Mosquitto max_inflight_messages (0: the edge's mqtt max_inflight, 65535)")
 	fs.StringVar(&c.ackMode, "ack-mode", "async", "edge mqtt.ack_mode (async or sync)")
+	fs.BoolVar(&c.sessions, "sessions", true, "give the edge a sessions file (mqtt.sessions.file), as a gateway runs")
 	fs.IntVar(&c.maxBatchRows, "max-batch-rows", 0, "edge outbox.max_batch_rows (0: its default)")
 	fs.IntVar(&c.queueLimit, "queue-limit", 0, "edge outbox.queue_limit (0: its default)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the working directory (data, configs, logs)")
@@ -219,6 +221,7 @@ func runEdgeIngest(ctx context.Context, progress io.Writer, c ingestConfig) (map
 		"duration_s":        c.duration.Seconds(),
 		"rounds":            c.rounds,
 		"ack_mode":          c.ackMode,
+		"sessions":          c.sessions,
 		"fsync":             true, // outbox.synchronous: full, set in the edge's config
 		"mosquitto_version": mosqVersion,
 	}
@@ -313,7 +316,13 @@ func ingestRunOurs(ctx context.Context, progress io.Writer, c ingestConfig, bins
 		return ingestRun{}, err
 	}
 	metricsURL := fmt.Sprintf("http://127.0.0.1:%d/metrics", metricsPort)
-	cfg := fmt.Sprintf("mqtt:\n  ack_mode: %s\noutbox:\n  synchronous: full\n", c.ackMode)
+	dataDir := filepath.Join(runDir, "data")
+	cfg := fmt.Sprintf("mqtt:\n  ack_mode: %s\n", c.ackMode)
+	if c.sessions {
+		cfg += fmt.Sprintf("  sessions:\n    file: %q\n", filepath.Join(dataDir, "sessions.db"))
+	}
+	cfg += "outbox:\n  synchronous: full\n"
+
 	if c.maxBatchRows > 0 {
 		cfg += fmt.Sprintf("  max_batch_rows: %d\n", c.maxBatchRows)
 	}
@@ -324,7 +333,6 @@ func ingestRunOurs(ctx context.Context, progress io.Writer, c ingestConfig, bins
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return ingestRun{}, err
 	}
-	dataDir := filepath.Join(runDir, "data")
 	edge, err := procs.StartEdge(ctx, bins, procs.EdgeOptions{
 		GatewayID: "bench-gw", DataDir: dataDir,
 		CloudAddr: fmt.Sprintf("127.0.0.1:%d", cloudPort), DevCADir: caDir,
