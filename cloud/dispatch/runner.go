@@ -38,6 +38,8 @@ type Stats struct {
 	// InFlight is the number of events a lane holds (sending or waiting to
 	// retry).
 	InFlight int64
+	// Delayed is the number of events waiting for their deliverat time.
+	Delayed int64
 	// LastError describes the latest failed attempt or internal error, and
 	// LastErrorAt when it happened (zero if none).
 	LastError   string
@@ -55,7 +57,7 @@ type counters struct {
 	cursor, lowWater, readOffset               atomic.Uint64
 	delivered, retries, deadLettered, filtered atomic.Uint64
 	skipped                                    atomic.Uint64
-	inFlight                                   atomic.Int64
+	inFlight, delayed                          atomic.Int64
 	mu                                         sync.Mutex
 	lastErr                                    string
 	lastErrAt                                  time.Time
@@ -84,8 +86,10 @@ type item struct {
 	// reject, if set, dead-letters the event at once with this reason (an
 	// undecodable record, an unusable deliverat).
 	reject string
-	// ready is the earliest time of the first attempt (zero: at once).
-	ready time.Time
+	// ready is the earliest time of the first attempt (zero: at once), and
+	// delayed is set if it lay in the future when the event was routed.
+	ready   time.Time
+	delayed bool
 }
 
 // finisher is told how each event a lane took ended. The main lanes
@@ -120,6 +124,7 @@ type runner struct {
 	fresh bool        // no cursor file existed
 	send  *sender
 	rd    *redriver // shared with the runners before and after this one
+	limit *limiter  // nil without a rate limit
 	sched Schedule
 	log   *slog.Logger
 	stats counters
@@ -168,6 +173,9 @@ func newRunner(d *Dispatcher, c *compiled, rd *redriver) (*runner, error) {
 	r.stats.lowWater.Store(st.Offset)
 	if r.send, err = newSender(c, d.opts.Transport); err != nil {
 		return nil, err
+	}
+	if c.RateLimit > 0 {
+		r.limit = &limiter{b: newTokenBucket(c.RateLimit, c.rateBurst)}
 	}
 	layout, _ := json.Marshal(struct {
 		P int
@@ -234,6 +242,7 @@ func (r *runner) snapshot() Stats {
 		Filtered:           s.filtered.Load(),
 		SkippedByRetention: s.skipped.Load(),
 		InFlight:           s.inFlight.Load(),
+		Delayed:            s.delayed.Load(),
 		LastError:          s.lastErr,
 		LastErrorAt:        s.lastErrAt,
 	}
@@ -286,6 +295,15 @@ func (r *runner) run(ctx context.Context) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	queues := r.startLanes(inner, cancel, &wg, true, mainFinisher{r})
+	var later *delayQueue // unordered: holds events until their deliverat
+	if !r.c.ordered {
+		later = newDelayQueue()
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			later.run(inner, queues[0], r.d.opts.Now, r.d.opts.After)
+		}()
+	}
 	wg.Add(2)
 	go func() {
 		defer wg.Done()
@@ -298,7 +316,7 @@ func (r *runner) run(ctx context.Context) error {
 		}
 	}()
 
-	err := r.read(inner, queues)
+	err := r.read(inner, queues, later)
 	if err != nil {
 		cancel(err)
 	} else {
@@ -316,7 +334,7 @@ func (r *runner) run(ctx context.Context) error {
 
 // read feeds records to the lanes in log order until ctx ends (nil) or the
 // log fails (its error).
-func (r *runner) read(ctx context.Context, queues []*queue) error {
+func (r *runner) read(ctx context.Context, queues []*queue, later *delayQueue) error {
 	lg := r.d.log
 	next := r.track.lowWater()
 	for {
@@ -371,7 +389,9 @@ func (r *runner) read(ctx context.Context, queues []*queue) error {
 			}
 			next++
 			r.stats.readOffset.Store(next)
-			r.route(rec, queues)
+			if r.route(ctx, rec, queues, later) != nil {
+				return nil
+			}
 		}
 	}
 }
@@ -421,11 +441,14 @@ func pushToLane(queues []*queue, it item) {
 }
 
 // route completes records the subscription does not want and queues the
-// others to their lane.
-func (r *runner) route(rec commitlog.Record, queues []*queue) {
+// others to their lane: at once, or, for an unordered subscription, through
+// later when their deliverat lies ahead. With a subscription delay it first
+// waits until the record is old enough; it returns ctx's error if ctx ends
+// during that wait.
+func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []*queue, later *delayQueue) error {
 	if strings.HasPrefix(rec.Topic, "$") {
 		r.complete(rec.Offset)
-		return
+		return nil
 	}
 	it := item{rec: rec, orig: rec.Offset}
 	var err error
@@ -435,9 +458,30 @@ func (r *runner) route(rec commitlog.Record, queues []*queue) {
 	if it.ev != nil && !r.c.matcher.Match(it.ev) {
 		r.stats.filtered.Add(1)
 		r.complete(rec.Offset)
-		return
+		return nil
+	}
+	if it.ev != nil {
+		if d := r.c.delay; d > 0 {
+			// Capped at the delay itself: a record time far in the future
+			// (a producer's clock) must not hold the subscription longer.
+			now := r.d.opts.Now()
+			if err := sleepUntil(ctx, minTime(rec.Time.Add(d), now.Add(d)), now, r.d.opts.After); err != nil {
+				return err
+			}
+		}
+		if it.ready, err = readyAt(it.ev, rec.Time, r.c.maxDelay); err != nil {
+			it.reject = err.Error()
+		} else if it.ready.After(r.d.opts.Now()) {
+			it.delayed = true
+			r.stats.delayed.Add(1)
+			if later != nil {
+				later.add(it)
+				return nil
+			}
+		}
 	}
 	pushToLane(queues, it)
+	return nil
 }
 
 func (r *runner) complete(off uint64) {
@@ -486,8 +530,22 @@ func (r *runner) handle(ctx context.Context, it item, producer string, fin finis
 		r.setErr(fmt.Errorf("offset %d: %s", it.orig, it.reject))
 		return r.deadLetter(ctx, it, producer, 0, 0, it.reject, fin)
 	}
+	if it.delayed {
+		// An ordered lane waits here for its head event (the other lanes go
+		// on); an unordered event arrives from the delay queue when due.
+		err := sleepUntil(ctx, it.ready, now(), r.d.opts.After)
+		r.stats.delayed.Add(-1)
+		if err != nil {
+			return err
+		}
+	}
 	first := now()
 	for attempts := 1; ; attempts++ {
+		if r.limit != nil {
+			if err := r.limit.wait(ctx, now, r.d.opts.After); err != nil {
+				return err
+			}
+		}
 		a := r.send.send(ctx, it.ev)
 		if ctx.Err() != nil && Classify(a) != Delivered {
 			return ctx.Err() // stopping: an abandoned attempt is not a failure

@@ -4,6 +4,7 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"math"
 	"sync"
 	"time"
 
@@ -56,36 +57,39 @@ func readyAt(e *event.Event, logged time.Time, maxDelay time.Duration) (time.Tim
 // tokenBucket is a subscription's rate limit: rate attempts per second on
 // average, with bursts of up to burst attempts after a quiet spell.
 //
-// take hands out reservations rather than refusals: the balance may go
-// negative, and the caller waits until its reservation is due. So lanes
-// queue fairly behind each other instead of polling, and a retry's attempt
-// counts like any other.
+// It is the token bucket written as GCRA (the "virtual scheduling" form):
+// one time, tat, the theoretical arrival time of the next attempt, advanced
+// by the emission interval 1/rate for each attempt; an attempt conforms
+// once now >= tat - (burst-1)/rate. Kept in whole nanoseconds (the interval
+// rounded up), so no floating-point drift lets an attempt go early.
+//
+// take hands out reservations rather than refusals: the caller waits until
+// its reservation is due. So lanes queue fairly behind each other instead of
+// polling, and a retry's attempt counts like any other.
 type tokenBucket struct {
-	rate   float64 // tokens per second, > 0
-	burst  float64 // capacity, >= 1
-	tokens float64
-	last   time.Time // when tokens was computed; zero before the first take
+	interval  time.Duration // 1/rate, rounded up
+	tolerance time.Duration // (burst-1) intervals
+	tat       time.Time     // zero before the first take
 }
 
 func newTokenBucket(rate float64, burst int) *tokenBucket {
-	return &tokenBucket{rate: rate, burst: float64(burst), tokens: float64(burst)}
+	interval := time.Duration(math.Ceil(float64(time.Second) / rate))
+	return &tokenBucket{interval: max(interval, 1), tolerance: time.Duration(max(burst, 1)-1) * max(interval, 1)}
 }
 
 // take reserves one attempt at or after now and returns when it may be
-// made. A clock that goes backwards adds no tokens.
+// made. A clock that goes backwards grants nothing early.
 func (b *tokenBucket) take(now time.Time) time.Time {
-	if !b.last.IsZero() && now.After(b.last) {
-		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	tat := b.tat
+	if tat.Before(now) {
+		tat = now
 	}
-	if b.last.IsZero() || now.After(b.last) {
-		b.last = now
+	at := tat.Add(-b.tolerance)
+	if at.Before(now) {
+		at = now
 	}
-	b.tokens--
-	if b.tokens >= 0 {
-		return now
-	}
-	wait := time.Duration(-b.tokens / b.rate * float64(time.Second))
-	return b.last.Add(wait)
+	b.tat = tat.Add(b.interval)
+	return at
 }
 
 // limiter makes a tokenBucket safe for the lanes of one subscription.
@@ -146,17 +150,23 @@ func (d *delayQueue) len() int {
 	return len(d.h)
 }
 
-// run releases due events to out until ctx ends.
+// run releases due events to out until ctx ends. It keeps one timer, for
+// the earliest waiting event, and makes a new one only when that changes.
 func (d *delayQueue) run(ctx context.Context, out *queue, now func() time.Time, after func(time.Duration) <-chan time.Time) {
+	var wake <-chan time.Time
+	var wakeAt time.Time
 	for {
 		d.mu.Lock()
-		var wake <-chan time.Time
 		t := now()
 		for len(d.h) > 0 && !d.h[0].ready.After(t) {
 			out.push(heap.Pop(&d.h).(item))
 		}
-		if len(d.h) > 0 {
-			wake = after(d.h[0].ready.Sub(t))
+		switch {
+		case len(d.h) == 0:
+			wake, wakeAt = nil, time.Time{}
+		case !d.h[0].ready.Equal(wakeAt) || !wakeAt.After(t):
+			wakeAt = d.h[0].ready
+			wake = after(wakeAt.Sub(t))
 		}
 		d.mu.Unlock()
 		select {

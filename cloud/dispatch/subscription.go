@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/url"
 	"strconv"
 	"strings"
@@ -78,6 +79,27 @@ type Subscription struct {
 	// must start with "$" so that ordinary subscriptions never receive dead
 	// letters. Empty means "$deadletter/<ID>".
 	DeadLetter string `json:"dead_letter,omitempty" yaml:"dead_letter,omitempty"`
+	// Delay holds every event back until this long after the log accepted
+	// it (the record's time), for consumers that want a settling period.
+	// The reader waits, so a delay costs no memory; replayed or late-read
+	// events whose time is long past go at once. Zero means no delay; at
+	// most 7 days.
+	Delay Duration `json:"delay,omitempty" yaml:"delay,omitempty"`
+	// MaxDelay bounds the per-event delay of the "deliverat" extension
+	// attribute (see ExtDeliverAt): an event whose deliverat lies more than
+	// MaxDelay after the log accepted it is dead-lettered at once. A delayed
+	// event holds its ordered lane (only its lane: other lanes go on) and
+	// the cursor, so the subscription stalls once MaxPending offsets pile up
+	// behind it. Zero means 24 hours; at most 7 days.
+	MaxDelay Duration `json:"max_delay,omitempty" yaml:"max_delay,omitempty"`
+	// RateLimit caps delivery attempts per second across all the
+	// subscription's lanes, retries and redrives included (a token bucket;
+	// lanes wait their turn). Zero means no limit; at most 1,000,000.
+	RateLimit float64 `json:"rate_limit,omitempty" yaml:"rate_limit,omitempty"`
+	// RateBurst is how many attempts may go at once after a quiet spell.
+	// Only with RateLimit. Zero means RateLimit rounded up (one second's
+	// worth), at least 1.
+	RateBurst int `json:"rate_burst,omitempty" yaml:"rate_burst,omitempty"`
 	// From is where a subscription without a cursor starts: "earliest" (the
 	// oldest retained record), "latest" (the next record appended) or a
 	// decimal log offset. It is ignored once a cursor exists. Empty means
@@ -114,6 +136,7 @@ const (
 	MaxParallelism = 1024
 	maxIDLen       = 128
 	maxTimeout     = 10 * time.Minute
+	maxRate        = 1e6
 )
 
 // From values.
@@ -211,6 +234,9 @@ type compiled struct {
 	parallelism int
 	ordered     bool
 	structured  bool
+	delay       time.Duration
+	maxDelay    time.Duration
+	rateBurst   int // with RateLimit > 0
 }
 
 func (s *Subscription) compile() (*compiled, error) {
@@ -288,7 +314,37 @@ func (s *Subscription) compile() (*compiled, error) {
 	if _, _, err := parseFrom(s.From); err != nil {
 		return nil, &FieldError{Field: "from", Err: err}
 	}
+	if err := c.compileSchedule(); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// compileSchedule checks the delay and rate-limit settings.
+func (c *compiled) compileSchedule() error {
+	c.delay, c.maxDelay = c.Delay.D(), c.MaxDelay.D()
+	switch {
+	case c.delay < 0 || c.delay > maxDelayLimit:
+		return fieldErr("delay", "must be between 0 and %v", maxDelayLimit)
+	case c.maxDelay < 0 || c.maxDelay > maxDelayLimit:
+		return fieldErr("max_delay", "must be between 0 and %v", maxDelayLimit)
+	case c.maxDelay == 0:
+		c.maxDelay = DefaultMaxDelay
+	}
+	switch r := c.RateLimit; {
+	case math.IsNaN(r) || r < 0 || r > maxRate:
+		return fieldErr("rate_limit", "must be between 0 (no limit) and %g events per second", float64(maxRate))
+	case c.RateBurst < 0 || c.RateBurst > maxRate:
+		return fieldErr("rate_burst", "must be between 0 and %d", int(maxRate))
+	case c.RateBurst > 0 && r == 0:
+		return fieldErr("rate_burst", "needs rate_limit")
+	case r > 0:
+		c.rateBurst = c.RateBurst
+		if c.rateBurst == 0 {
+			c.rateBurst = max(1, int(math.Ceil(r)))
+		}
+	}
+	return nil
 }
 
 func checkID(id string) error {
