@@ -478,3 +478,25 @@ func storedMarker(t *testing.T, path string) uint64 {
 	}
 	return uint64(v)
 }
+
+// TestSessionStoreLateChange: a change queued after close (mochi's event
+// loop finishing a sweep) is dropped, not a panic, and close is not doubled.
+func TestSessionStoreLateChange(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "sessions.db")
+	s, err := openSessionStore(path, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.start(nil, 0)
+	s.enqueue(storeOp{kind: putRetained, key: "a", data: []byte(`{}`)})
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+	s.enqueue(storeOp{kind: putRetained, key: "b", data: []byte(`{}`)})
+	if err := s.close(); err == nil {
+		t.Error("second close succeeded")
+	}
+	if n := countRows(t, path, "retained"); n != 1 {
+		t.Errorf("%d retained rows, want the one queued before close", n)
+	}
+}

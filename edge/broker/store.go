@@ -55,10 +55,11 @@ type sessionStore struct {
 	// and dropped, and the marker is not moved.
 	discard atomic.Bool
 
-	closeOnce sync.Once
-	started   bool   // start was called; set before any concurrent use
-	saved     uint64 // the marker last committed; owned by run
-	failures  atomic.Uint64
+	mu       sync.RWMutex // enqueue holds it shared, close exclusively
+	closed   bool         // guarded by mu
+	started  bool         // start was called; set before any concurrent use
+	saved    uint64       // the marker last committed; owned by run
+	failures atomic.Uint64
 }
 
 // storeOp is one queued change.
@@ -178,21 +179,33 @@ func (s *sessionStore) start(marks *deliveryMarks, saved uint64) {
 	go s.run()
 }
 
-// enqueue queues a change. It must not be called after close.
-func (s *sessionStore) enqueue(op storeOp) { s.ops <- op }
+// enqueue queues a change; it waits while the queue is full. A change
+// arriving after close (mochi's event loop may still be finishing a sweep
+// when the broker closes) is dropped.
+func (s *sessionStore) enqueue(op storeOp) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		s.log.Debug("sessions: change after close dropped", "key", op.key)
+		return
+	}
+	s.ops <- op
+}
 
-// close commits what is queued (and the marker) and closes the file. No
-// enqueue may run during or after close.
+// close commits what is queued (and the marker) and closes the file.
 func (s *sessionStore) close() error {
-	err := errors.New("broker: sessions closed twice")
-	s.closeOnce.Do(func() {
-		close(s.ops)
-		if s.started {
-			<-s.done
-		}
-		err = s.db.Close()
-	})
-	return err
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("broker: sessions closed twice")
+	}
+	s.closed = true
+	close(s.ops) // enqueue no longer sends; the writer drains what is queued
+	s.mu.Unlock()
+	if s.started {
+		<-s.done
+	}
+	return s.db.Close()
 }
 
 // run is the writer goroutine. Each transaction holds the changes queued
