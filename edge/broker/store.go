@@ -13,6 +13,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
 )
 
@@ -337,9 +339,10 @@ func (s *sessionStore) setMarker(v uint64) error {
 	return err
 }
 
-// loadRows decodes every row of a table's data column into T, skipping (and
-// logging) rows that do not decode.
-func loadRows[T any](s *sessionStore, table string) ([]T, error) {
+// loadRows decodes every row of a table's data column with decode,
+// skipping (and logging) rows it refuses: mochi restores what a store hands
+// it without checking, so a damaged file must not reach it.
+func loadRows[T any](s *sessionStore, table string, decode func([]byte) (T, error)) ([]T, error) {
 	rows, err := s.db.Query(`SELECT data FROM ` + table)
 	if err != nil {
 		return nil, fmt.Errorf("broker: load %s: %w", table, err)
@@ -351,9 +354,10 @@ func loadRows[T any](s *sessionStore, table string) ([]T, error) {
 		if err := rows.Scan(&data); err != nil {
 			return nil, fmt.Errorf("broker: load %s: %w", table, err)
 		}
-		var v T
-		if err := json.Unmarshal(data, &v); err != nil {
-			s.log.Warn("sessions: skipping a row that does not decode", "table", table, "error", err)
+		v, err := decode(data)
+		if err != nil {
+			s.failures.Add(1)
+			s.log.Warn("sessions: skipping a stored row", "table", table, "error", err)
 			continue
 		}
 		out = append(out, v)
@@ -362,4 +366,50 @@ func loadRows[T any](s *sessionStore, table string) ([]T, error) {
 		return nil, fmt.Errorf("broker: load %s: %w", table, err)
 	}
 	return out, nil
+}
+
+// errBadRow wraps every refusal of a stored row.
+var errBadRow = errors.New("bad stored row")
+
+func decodeClient(data []byte) (storage.Client, error) {
+	var c storage.Client
+	if err := json.Unmarshal(data, &c); err != nil {
+		return c, fmt.Errorf("%w: client: %w", errBadRow, err)
+	}
+	if c.ID == "" || c.ProtocolVersion < 3 || c.ProtocolVersion > 5 {
+		return c, fmt.Errorf("%w: client %q, protocol version %d", errBadRow, c.ID, c.ProtocolVersion)
+	}
+	return c, nil
+}
+
+func decodeSubscription(data []byte) (storage.Subscription, error) {
+	var sub storage.Subscription
+	if err := json.Unmarshal(data, &sub); err != nil {
+		return sub, fmt.Errorf("%w: subscription: %w", errBadRow, err)
+	}
+	if sub.Client == "" || sub.Qos > 2 {
+		return sub, fmt.Errorf("%w: subscription of %q with QoS %d", errBadRow, sub.Client, sub.Qos)
+	}
+	if err := ValidateFilter(sub.Filter); err != nil {
+		return sub, fmt.Errorf("%w: subscription of %q: %w", errBadRow, sub.Client, err)
+	}
+	return sub, nil
+}
+
+// decodeMessage decodes a retained (client "") or in-flight message.
+func decodeMessage(data []byte) (storage.Message, error) {
+	var m storage.Message
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("%w: message: %w", errBadRow, err)
+	}
+	t := m.FixedHeader.Type
+	switch {
+	case t != packets.Publish && t != packets.Pubrel:
+		return m, fmt.Errorf("%w: message of packet type %d", errBadRow, t)
+	case m.FixedHeader.Qos > 2:
+		return m, fmt.Errorf("%w: message with QoS %d", errBadRow, m.FixedHeader.Qos)
+	case t == packets.Publish && (m.TopicName == "" || strings.ContainsAny(m.TopicName, "+#")):
+		return m, fmt.Errorf("%w: message to topic %q", errBadRow, m.TopicName)
+	}
+	return m, nil
 }

@@ -263,7 +263,7 @@ func storedMessage(pk packets.Packet, client string) storage.Message {
 }
 
 func (h *storeHook) StoredClients() ([]storage.Client, error) {
-	v, err := loadRows[storage.Client](h.s, "clients")
+	v, err := loadRows(h.s, "clients", decodeClient)
 	h.mu.Lock()
 	for _, c := range v {
 		h.clients[c.ID] = struct{}{}
@@ -273,11 +273,11 @@ func (h *storeHook) StoredClients() ([]storage.Client, error) {
 }
 
 func (h *storeHook) StoredSubscriptions() ([]storage.Subscription, error) {
-	return loadRows[storage.Subscription](h.s, "subscriptions")
+	return loadRows(h.s, "subscriptions", decodeSubscription)
 }
 
 func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
-	v, err := loadRows[storage.Message](h.s, "inflight")
+	v, err := loadRows(h.s, "inflight", decodeMessage)
 	h.mu.Lock()
 	for _, m := range v {
 		h.inflight[inflightKey{m.Client, m.PacketID}] = struct{}{}
@@ -287,5 +287,5 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 }
 
 func (h *storeHook) StoredRetainedMessages() ([]storage.Message, error) {
-	return loadRows[storage.Message](h.s, "retained")
+	return loadRows(h.s, "retained", decodeMessage)
 }
