@@ -96,6 +96,7 @@ func runE2E(ctx context.Context, progress io.Writer, rate float64, dur time.Dura
 	}
 	fmt.Fprintf(progress, "e2e: offering %.0f msg/s of %d-byte QoS 1 payloads over %d connections for %v\n", rate, size, pubs, dur)
 
+	loadBefore := loadAverage()
 	var pending sync.WaitGroup
 	profDone := make(chan error, 1)
 	if profile != "" {
@@ -210,6 +211,10 @@ loop:
 		"duplicates":       s.Duplicates,
 		"redeliveries":     s.Redeliveries,
 		"out_of_order":     s.OutOfOrder,
+		// The machine's 1-minute load average before and after the run: a
+		// figure taken on a busy machine says so.
+		"loadavg_before": loadBefore,
+		"loadavg_after":  loadAverage(),
 	}, nil
 }
 
