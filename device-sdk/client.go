@@ -42,7 +42,8 @@ var ErrConfig = errors.New("devicesdk: invalid config")
 
 // Client is a connected device. It is safe for concurrent use.
 type Client struct {
-	c mqtt.Client
+	c        mqtt.Client
+	deviceID string
 }
 
 // Connect connects to the gateway and keeps reconnecting in the background
@@ -55,6 +56,24 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.DeviceID == "" {
 		return nil, fmt.Errorf("%w: DeviceID is required", ErrConfig)
 	}
+	c := mqtt.NewClient(clientOptions(cfg))
+	tok := c.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return nil, fmt.Errorf("devicesdk: connect %s: %w", cfg.Broker, err)
+		}
+	case <-ctx.Done():
+		c.Disconnect(0)
+		return nil, ctx.Err()
+	}
+	return &Client{c: c, deviceID: cfg.DeviceID}, nil
+}
+
+// clientOptions are the paho options both Client and Device use: a
+// persistent session (clean session off), automatic reconnect and retried
+// first connection, in-order delivery.
+func clientOptions(cfg Config) *mqtt.ClientOptions {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
@@ -75,18 +94,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if cfg.TLS != nil {
 		opts.SetTLSConfig(cfg.TLS)
 	}
-	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return nil, fmt.Errorf("devicesdk: connect %s: %w", cfg.Broker, err)
-		}
-	case <-ctx.Done():
-		c.Disconnect(0)
-		return nil, ctx.Err()
-	}
-	return &Client{c: c}, nil
+	return opts
 }
 
 // Publish sends payload to topic with QoS 1 and returns once the gateway

@@ -1,0 +1,171 @@
+package devicesdk
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func mustOpen(t *testing.T, dir string, max int64, p OverflowPolicy) *buffer {
+	t.Helper()
+	b, err := openBuffer(dir, max, p, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// contents lists the buffered payloads in order.
+func contents(b *buffer) []string {
+	var out []string
+	for _, e := range b.next(0, 1<<30) {
+		out = append(out, e.topic+"="+string(e.payload))
+	}
+	return out
+}
+
+func TestBufferSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	b := mustOpen(t, dir, 1<<20, RejectNew)
+	for i := range 10 {
+		if _, err := b.append("t", fmt.Appendf(nil, "m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.ack(4); err != nil { // m0..m3 acknowledged
+		t.Fatal(err)
+	}
+	// No close: the acks are not fsync'd, but the data is; a crash would
+	// lose at most the ack. Reopen from the same files as a reboot would.
+	b2 := mustOpen(t, dir, 1<<20, RejectNew)
+	got := contents(b2)
+	if len(got) != 6 || got[0] != "t=m4" || got[5] != "t=m9" {
+		t.Fatalf("after reopen: %v", got)
+	}
+	// Sequence numbers keep growing after a reopen.
+	seq, err := b2.append("t", []byte("m10"))
+	if err != nil || seq != 11 {
+		t.Fatalf("append after reopen: seq %d, %v", seq, err)
+	}
+	b.close()
+	b2.close()
+}
+
+func TestBufferTornTail(t *testing.T) {
+	dir := t.TempDir()
+	b := mustOpen(t, dir, 1<<20, RejectNew)
+	for i := range 3 {
+		if _, err := b.append("t", fmt.Appendf(nil, "m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.close()
+	path := filepath.Join(dir, bufferFile)
+	full, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := len(appendRecord(nil, record{kind: kindData, seq: 3, topic: "t", payload: []byte("m2")}))
+	// Cut the file at every point inside the last record, and flip a byte
+	// at every point of it: the first two messages survive, nothing panics.
+	for cut := len(full) - last; cut < len(full); cut++ {
+		for _, flip := range []bool{false, true} {
+			data := full[:cut]
+			if flip {
+				data = append([]byte(nil), full...)
+				data[cut] ^= 0x01
+			}
+			if err := os.WriteFile(path, data, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			b := mustOpen(t, dir, 1<<20, RejectNew)
+			got := contents(b)
+			if len(got) != 2 || got[0] != "t=m0" || got[1] != "t=m1" {
+				t.Fatalf("cut %d flip %v: %v", cut, flip, got)
+			}
+			if cut > len(full)-last && b.stats().TruncatedBytes == 0 {
+				t.Fatalf("cut %d flip %v: truncation not counted", cut, flip)
+			}
+			b.close()
+		}
+	}
+}
+
+func TestBufferOverflow(t *testing.T) {
+	t.Run("RejectNew", func(t *testing.T) {
+		b := mustOpen(t, t.TempDir(), 10, RejectNew)
+		defer b.close()
+		for _, p := range []string{"aaaa", "bbbb"} { // 5 bytes each with topic "t"
+			if _, err := b.append("t", []byte(p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := b.append("t", []byte("c")); !errors.Is(err, ErrBufferFull) {
+			t.Fatalf("append to a full buffer: %v", err)
+		}
+		if _, err := b.append("t", make([]byte, 10)); !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("append larger than the buffer: %v", err)
+		}
+		if got, s := contents(b), b.stats(); len(got) != 2 || s.Rejected != 1 || s.Dropped != 0 {
+			t.Fatalf("contents %v stats %+v", got, s)
+		}
+	})
+	t.Run("DropOldest", func(t *testing.T) {
+		dir := t.TempDir()
+		b := mustOpen(t, dir, 10, DropOldest)
+		for _, p := range []string{"aaaa", "bbbb", "cc", "dddddd"} {
+			if _, err := b.append("t", []byte(p)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// "cc" (3 bytes) drops aaaa; "dddddd" (7 bytes) then drops bbbb.
+		want := []string{"t=cc", "t=dddddd"}
+		if got, s := contents(b), b.stats(); fmt.Sprint(got) != fmt.Sprint(want) || s.Dropped != 2 {
+			t.Fatalf("contents %v stats %+v", got, s)
+		}
+		b.close()
+		b2 := mustOpen(t, dir, 10, DropOldest)
+		defer b2.close()
+		if got := contents(b2); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("after reopen: %v", got)
+		}
+	})
+}
+
+func TestBufferCompacts(t *testing.T) {
+	dir := t.TempDir()
+	b := mustOpen(t, dir, 1<<30, RejectNew)
+	payload := make([]byte, 4096)
+	for i := range 600 {
+		seq, err := b.append("t", payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			continue
+		}
+		if err := b.ack(seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.append("t", []byte("last")); err != nil {
+		t.Fatal(err)
+	}
+	b.close()
+	fi, err := os.Stat(filepath.Join(dir, bufferFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 600 appends of 4 KiB were written; the journal was rewritten along
+	// the way and holds far less than all of them.
+	if fi.Size() > 2<<20 {
+		t.Fatalf("journal is %d bytes: never compacted", fi.Size())
+	}
+	b2 := mustOpen(t, dir, 1<<30, RejectNew)
+	defer b2.close()
+	if got := contents(b2); len(got) != 1 || got[0] != "t=last" {
+		t.Fatalf("after compaction and reopen: %d entries", len(got))
+	}
+}

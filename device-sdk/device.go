@@ -1,0 +1,288 @@
+package devicesdk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// DeviceConfig configures a Device: a Client whose publishes go through a
+// durable offline buffer. Every field documents its zero-value default.
+type DeviceConfig struct {
+	// Config is the connection to the gateway (Broker and DeviceID are
+	// required).
+	Config
+	// BufferDir is the directory holding the buffer's journal; it must
+	// survive a reboot and belong to one Device at a time. Required.
+	BufferDir string
+	// MaxBufferBytes bounds the topic plus payload bytes held in the buffer.
+	// 0 means 64 MiB.
+	MaxBufferBytes int64
+	// Overflow is what a full buffer does with a new message. The zero
+	// value is RejectNew.
+	Overflow OverflowPolicy
+	// MaxInflight is how many buffered messages are sent ahead of their
+	// PUBACKs. 0 means 32. It also bounds the duplicates one crash can
+	// cause.
+	MaxInflight int
+	// RetryInterval is the wait before resending after a failed publish.
+	// 0 means 1 s.
+	RetryInterval time.Duration
+	// Logger receives the Device's logs. nil discards them.
+	Logger *slog.Logger
+}
+
+// Stats are a Device's buffer counters since Open (Buffered and
+// BufferedBytes are current values, including messages replayed from disk).
+type Stats struct {
+	// Buffered is how many messages wait for the gateway's PUBACK.
+	Buffered int
+	// BufferedBytes is their topic plus payload bytes.
+	BufferedBytes int64
+	// Acked is how many messages the gateway acknowledged (and so left the
+	// buffer).
+	Acked uint64
+	// Dropped is how many messages DropOldest discarded unsent.
+	Dropped uint64
+	// Rejected is how many Enqueue calls failed with ErrBufferFull.
+	Rejected uint64
+	// TruncatedBytes is how many bytes of a torn or corrupt journal tail
+	// were discarded when the buffer was opened.
+	TruncatedBytes int64
+}
+
+// Device publishes through a durable offline buffer: Enqueue returns once a
+// message is fsync'd to the buffer, and a background sender delivers
+// buffered messages in order with QoS 1, removing each only after the
+// gateway's PUBACK. The sender reconnects on its own and resends, after a
+// reconnect or a reboot, everything not yet acknowledged: delivery is at
+// least once. A crash between sending and receiving a PUBACK (or losing an
+// unsynced acknowledgement record) resends up to MaxInflight messages, so the
+// gateway may see duplicates.
+//
+// A Device is safe for concurrent use.
+type Device struct {
+	cfg  DeviceConfig
+	log  *slog.Logger
+	c    mqtt.Client
+	buf  *buffer
+	wake chan struct{}
+	stop chan struct{}
+	done chan struct{}
+
+	mu      sync.Mutex
+	closed bool
+
+	progressMu sync.Mutex
+	progressCh chan struct{} // closed on the next ack
+}
+
+// Open opens the buffer in cfg.BufferDir, replays what a previous run left
+// unacknowledged, and starts connecting to the gateway in the background. It
+// does not wait for the gateway: a device can buffer while offline.
+func Open(cfg DeviceConfig) (*Device, error) {
+	if cfg.Broker == "" {
+		return nil, fmt.Errorf("%w: Broker is required", ErrConfig)
+	}
+	if cfg.DeviceID == "" {
+		return nil, fmt.Errorf("%w: DeviceID is required", ErrConfig)
+	}
+	if cfg.BufferDir == "" {
+		return nil, fmt.Errorf("%w: BufferDir is required", ErrConfig)
+	}
+	if cfg.MaxBufferBytes < 0 || cfg.MaxInflight < 0 || cfg.RetryInterval < 0 {
+		return nil, fmt.Errorf("%w: negative limit", ErrConfig)
+	}
+	if cfg.Overflow != RejectNew && cfg.Overflow != DropOldest {
+		return nil, fmt.Errorf("%w: unknown overflow policy %d", ErrConfig, cfg.Overflow)
+	}
+	if cfg.MaxBufferBytes == 0 {
+		cfg.MaxBufferBytes = 64 << 20
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = 32
+	}
+	if cfg.RetryInterval == 0 {
+		cfg.RetryInterval = time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = discard()
+	}
+	buf, err := openBuffer(cfg.BufferDir, cfg.MaxBufferBytes, cfg.Overflow, log)
+	if err != nil {
+		return nil, err
+	}
+	d := &Device{
+		cfg: cfg, log: log, buf: buf,
+		c:    mqtt.NewClient(clientOptions(cfg.Config)),
+		wake: make(chan struct{}, 1),
+		stop: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+	// With ConnectRetry the token completes only once connected; publishes
+	// made before then wait in paho's memory store.
+	d.c.Connect()
+	go d.send()
+	return d, nil
+}
+
+// Enqueue buffers payload for topic and returns once it is fsync'd: from
+// then on it survives a crash or reboot and will be sent. It returns
+// ErrBufferFull (RejectNew) when it does not fit, ErrTooLarge when it could
+// never fit, and ErrClosed after Close.
+func (d *Device) Enqueue(topic string, payload []byte) error {
+	if topic == "" {
+		return errors.New("devicesdk: empty topic")
+	}
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	d.mu.Unlock()
+	if _, err := d.buf.append(topic, payload); err != nil {
+		return err
+	}
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// Flush waits until every buffered message is acknowledged by the gateway
+// or ctx ends (then it returns ctx.Err()).
+func (d *Device) Flush(ctx context.Context) error {
+	for {
+		// Take the channel before looking, so an ack in between wakes us.
+		ch := d.progress()
+		if d.buf.len() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.done:
+			return ErrClosed
+		case <-ch:
+		}
+	}
+}
+
+// progress returns a channel that is closed on the sender's next ack.
+func (d *Device) progress() <-chan struct{} {
+	d.progressMu.Lock()
+	defer d.progressMu.Unlock()
+	if d.progressCh == nil {
+		d.progressCh = make(chan struct{})
+	}
+	return d.progressCh
+}
+
+func (d *Device) signalProgress() {
+	d.progressMu.Lock()
+	defer d.progressMu.Unlock()
+	if d.progressCh != nil {
+		close(d.progressCh)
+		d.progressCh = nil
+	}
+}
+
+// Stats returns the buffer's counters.
+func (d *Device) Stats() Stats { return d.buf.stats() }
+
+// Connected reports whether the connection to the gateway is up now.
+func (d *Device) Connected() bool { return d.c.IsConnectionOpen() }
+
+// Close stops accepting messages, waits until the buffer is flushed or ctx
+// ends, then disconnects and closes the buffer. Messages still buffered stay
+// on disk for the next Open; Close then returns ctx.Err().
+func (d *Device) Close(ctx context.Context) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	d.closed = true
+	d.mu.Unlock()
+	ferr := d.Flush(ctx)
+	close(d.stop)
+	<-d.done
+	d.c.Disconnect(100)
+	if err := d.buf.close(); err != nil {
+		return err
+	}
+	return ferr
+}
+
+// inflight is one sent, not yet acknowledged message.
+type inflight struct {
+	seq uint64
+	tok mqtt.Token
+}
+
+// send is the sender goroutine: it keeps up to MaxInflight buffered
+// messages published and acknowledges them in the buffer, in order, as
+// their PUBACKs arrive. On a failed publish it waits RetryInterval and
+// resends from the oldest unacknowledged message.
+func (d *Device) send() {
+	defer close(d.done)
+	var window []inflight
+	var sent uint64 // highest seq published in the current window
+	retry := time.NewTimer(0)
+	<-retry.C
+	for {
+		if len(window) < d.cfg.MaxInflight {
+			for _, e := range d.buf.next(sent, d.cfg.MaxInflight-len(window)) {
+				window = append(window, inflight{seq: e.seq, tok: d.c.Publish(e.topic, 1, false, e.payload)})
+				sent = e.seq
+			}
+		}
+		if len(window) == 0 {
+			select {
+			case <-d.stop:
+				return
+			case <-d.wake:
+				continue
+			}
+		}
+		head := window[0]
+		select {
+		case <-d.stop:
+			return
+		case <-d.wake:
+			continue
+		case <-head.tok.Done():
+		}
+		if err := head.tok.Error(); err != nil {
+			d.log.Warn("devicesdk: publish failed; resending after a pause", "seq", head.seq, "err", err)
+			// Resend the whole window, in order, after the pause. Tokens of
+			// the rest are abandoned; paho may still deliver them
+			// (duplicates).
+			window = window[:0]
+			sent = head.seq - 1
+			retry.Reset(d.cfg.RetryInterval)
+			select {
+			case <-d.stop:
+				retry.Stop()
+				return
+			case <-retry.C:
+			}
+			continue
+		}
+		window = window[1:]
+		if err := d.buf.ack(head.seq); err != nil {
+			d.log.Error("devicesdk: journal ack", "seq", head.seq, "err", err)
+		}
+		d.signalProgress()
+	}
+}
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
