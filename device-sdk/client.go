@@ -35,6 +35,10 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// KeepAlive is the MQTT keep-alive. 0 means 30 s.
 	KeepAlive time.Duration
+	// ReconnectInterval is the wait between attempts at the first
+	// connection and the cap of the back-off between reconnect attempts.
+	// 0 means 5 s.
+	ReconnectInterval time.Duration
 }
 
 // ErrConfig marks an invalid Config.
@@ -72,13 +76,17 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 
 // clientOptions are the paho options both Client and Device use: a
 // persistent session (clean session off), automatic reconnect and retried
-// first connection, in-order delivery.
+// first connection, in-order delivery, and an in-memory store that resends
+// in-flight messages after a reconnect in the order they were published.
 func clientOptions(cfg Config) *mqtt.ClientOptions {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 10 * time.Second
 	}
 	if cfg.KeepAlive == 0 {
 		cfg.KeepAlive = 30 * time.Second
+	}
+	if cfg.ReconnectInterval == 0 {
+		cfg.ReconnectInterval = 5 * time.Second
 	}
 	opts := mqtt.NewClientOptions().
 		AddBroker(cfg.Broker).
@@ -88,9 +96,12 @@ func clientOptions(cfg Config) *mqtt.ClientOptions {
 		SetCleanSession(false).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
+		SetConnectRetryInterval(cfg.ReconnectInterval).
+		SetMaxReconnectInterval(cfg.ReconnectInterval).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetKeepAlive(cfg.KeepAlive).
-		SetOrderMatters(true)
+		SetOrderMatters(true).
+		SetStore(mqtt.NewOrderedMemoryStore())
 	if cfg.TLS != nil {
 		opts.SetTLSConfig(cfg.TLS)
 	}

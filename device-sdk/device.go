@@ -28,8 +28,12 @@ type DeviceConfig struct {
 	// value is RejectNew.
 	Overflow OverflowPolicy
 	// MaxInflight is how many buffered messages are sent ahead of their
-	// PUBACKs. 0 means 32. It also bounds the duplicates one crash can
-	// cause.
+	// PUBACKs. 0 means 1: strict order, each message is sent only after the
+	// one before it was acknowledged. Above 1, throughput improves on slow
+	// links but order is kept only while the connection stays up: after a
+	// reconnect paho's resend of the in-flight window can interleave with
+	// newer messages (none is lost). It also bounds the duplicates one crash
+	// or connection loss can cause.
 	MaxInflight int
 	// RetryInterval is the wait before resending after a failed publish.
 	// 0 means 1 s.
@@ -59,7 +63,7 @@ type Stats struct {
 
 // Device publishes through a durable offline buffer: Enqueue returns once a
 // message is fsync'd to the buffer, and a background sender delivers
-// buffered messages in order with QoS 1, removing each only after the
+// buffered messages in order (see DeviceConfig.MaxInflight) with QoS 1, removing each only after the
 // gateway's PUBACK. The sender reconnects on its own and resends, after a
 // reconnect or a reboot, everything not yet acknowledged: delivery is at
 // least once. A crash between sending and receiving a PUBACK (or losing an
@@ -76,7 +80,7 @@ type Device struct {
 	stop chan struct{}
 	done chan struct{}
 
-	mu      sync.Mutex
+	mu     sync.Mutex
 	closed bool
 
 	progressMu sync.Mutex
@@ -106,7 +110,7 @@ func Open(cfg DeviceConfig) (*Device, error) {
 		cfg.MaxBufferBytes = 64 << 20
 	}
 	if cfg.MaxInflight == 0 {
-		cfg.MaxInflight = 32
+		cfg.MaxInflight = 1
 	}
 	if cfg.RetryInterval == 0 {
 		cfg.RetryInterval = time.Second
