@@ -161,7 +161,8 @@ func TestNoAckAfterFailure(t *testing.T) {
 	}
 }
 
-// TestRollFailures covers faults while starting a new segment.
+// TestRollFailures covers faults while starting a new segment without a
+// spare (TestRollIntoSpareFails covers one with).
 func TestRollFailures(t *testing.T) {
 	for _, fault := range []Fault{
 		{Op: OpCreate, PathSuffix: segmentExt},
@@ -171,7 +172,7 @@ func TestRollFailures(t *testing.T) {
 		t.Run(string(fault.Op), func(t *testing.T) {
 			ffs := NewFaultFS(nil)
 			dir := t.TempDir()
-			l := openFile(t, dir, Options{FS: ffs, SegmentBytes: 200})
+			l := openFile(t, dir, Options{FS: ffs, SegmentBytes: 200, NoPreallocate: true})
 			ffs.Inject(fault)
 			var err error
 			n := 0
@@ -211,8 +212,16 @@ func TestCheckpointFailureHoldsRetention(t *testing.T) {
 		t.Fatalf("retention deleted segments no checkpoint covers: first offset %d", l.FirstOffset())
 	}
 	ffs.Clear()
-	for i := range 10 {
-		mustAppend(t, l, rec("t", "p", uint64(41+i)))
+	// The next roll writes a checkpoint.
+	rolls := l.Stats().Rolls
+	for seq := uint64(41); l.Stats().Rolls == rolls; seq++ {
+		if seq > 200 {
+			t.Fatal("no roll")
+		}
+		mustAppend(t, l, rec("t", "p", seq))
+	}
+	if err := l.EnforceRetention(); err != nil {
+		t.Fatal(err)
 	}
 	if l.FirstOffset() == 0 {
 		t.Fatal("retention still held back after a checkpoint succeeded")

@@ -46,7 +46,11 @@ type Locker interface {
 // process) has the directory open.
 var ErrLocked = errors.New("commitlog: directory in use by another log")
 
-// OSFS is the FS of the operating system.
+// OSFS is the FS of the operating system. Its files' Sync is fdatasync
+// where the system has it (Linux): it makes the data and the metadata
+// needed to read it back (the size) durable, without a journal commit for
+// timestamps, which is all the log needs; directories are made durable
+// with SyncDir.
 type OSFS struct{}
 
 var (
@@ -59,8 +63,13 @@ func (OSFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return f, nil
+	return osFile{f}, nil
 }
+
+// osFile is an *os.File whose Sync is datasync (see OSFS).
+type osFile struct{ *os.File }
+
+func (f osFile) Sync() error { return datasync(f.File) }
 
 func (OSFS) Remove(name string) error                     { return os.Remove(name) }
 func (OSFS) Rename(oldpath, newpath string) error         { return os.Rename(oldpath, newpath) }

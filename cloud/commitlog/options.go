@@ -27,6 +27,13 @@ type Options struct {
 	// committed alone. Default 1 MiB.
 	MaxGroupBytes int
 
+	// NoPreallocate turns off segment preallocation: by default the log
+	// zero-fills each next segment in the background and writes into
+	// blocks that already exist, which keeps fsyncs clear of the file
+	// system's journal (see prealloc.go). It costs up to two segments of
+	// disk beyond the data and a second write of every byte.
+	NoPreallocate bool
+
 	// IndexIntervalBytes is the spacing of the sparse in-memory offset and
 	// time index: a read seeks to the nearest entry at or before its offset
 	// and scans at most about this many bytes. The index costs 16 bytes per

@@ -51,6 +51,9 @@ func Open(dir string, opts Options) (*FileLog, error) {
 		changed:    make(chan struct{}),
 	}
 	l.q.wake = make(chan struct{}, 1)
+	if !opts.NoPreallocate {
+		l.pre = newPreparer(l)
+	}
 	start := time.Now()
 	if err := l.recover(); err != nil {
 		for _, s := range l.segments {
@@ -66,6 +69,9 @@ func Open(dir string, opts Options) (*FileLog, error) {
 		"producers", len(l.hwm), "topics", len(l.topics), "took", time.Since(start))
 	go l.w.run()
 	go l.retentionLoop()
+	if l.pre != nil {
+		go l.pre.run()
+	}
 	return l, nil
 }
 
@@ -82,6 +88,9 @@ func (l *FileLog) recover() error {
 			return err
 		}
 		l.lock = lock
+	}
+	if err := adoptSpare(l.fs, l.dir, l.pre); err != nil {
+		return err
 	}
 	entries, err := l.fs.ReadDir(l.dir)
 	if err != nil {
@@ -212,6 +221,18 @@ func (l *FileLog) recoverSegment(s *segment, last bool, runMax *int64, buf *[]by
 			if !isFrameError(err) {
 				return segmentError(s.path, pos, err)
 			}
+			// Zeros to the end of the file are preallocated space, in any
+			// segment (a closed one keeps them if a crash lost its
+			// truncation). Damage that reads as zeros in a closed segment
+			// shows up as a gap before the next one.
+			zeros, zerr := zeroTail(s.f, pos, size, *buf)
+			if zerr != nil {
+				return segmentError(s.path, pos, zerr)
+			}
+			if zeros {
+				s.prealloc = last && size >= l.opts.SegmentBytes
+				return nil
+			}
 			if !last {
 				return segmentError(s.path, pos, err)
 			}
@@ -245,9 +266,15 @@ func (l *FileLog) recoverSegment(s *segment, last bool, runMax *int64, buf *[]by
 	return nil
 }
 
-// cutTail handles the first bad frame of the last segment, at pos.
+// cutTail handles the first bad frame of the last segment, at pos, when
+// the rest of the file is not all zeros.
 func (l *FileLog) cutTail(s *segment, pos, size int64, cause error) error {
-	rest := make([]byte, size-pos)
+	buf := make([]byte, zeroChunk)
+	end, err := zeroEnd(s.f, pos, size, buf)
+	if err != nil {
+		return fmt.Errorf("commitlog: open: read %s: %w", s.path, err)
+	}
+	rest := make([]byte, end-pos) // up to the last non-zero byte
 	if _, err := s.f.ReadAt(rest, pos); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("commitlog: open: read %s: %w", s.path, err)
 	}
@@ -255,12 +282,23 @@ func (l *FileLog) cutTail(s *segment, pos, size int64, cause error) error {
 		return fmt.Errorf("%w: %s at byte %d: %w (a valid record follows at byte %d, so this is not a torn write)",
 			ErrCorrupt, s.path, pos, cause, pos+int64(q))
 	}
-	l.log.Warn("commitlog: cutting off a torn tail", "file", s.path, "at", pos, "bytes", size-pos, "cause", cause)
-	if err := s.f.Truncate(pos); err != nil {
+	l.log.Warn("commitlog: cutting off a torn tail", "file", s.path, "at", pos, "bytes", end-pos, "cause", cause)
+	if size >= l.opts.SegmentBytes && end < size {
+		// A preallocated segment: zero the torn bytes and keep its size.
+		// They must go: records written later could end before them, and
+		// a whole stale frame of the torn group would then follow.
+		for p := pos; p < end; p += int64(len(buf)) {
+			clear(buf)
+			if _, err := s.f.WriteAt(buf[:min(int64(len(buf)), end-p)], p); err != nil {
+				return fmt.Errorf("commitlog: open: zero the torn tail of %s: %w", s.path, err)
+			}
+		}
+		s.prealloc = true
+	} else if err := s.f.Truncate(pos); err != nil {
 		return fmt.Errorf("commitlog: open: truncate torn tail of %s: %w", s.path, err)
 	}
 	if err := s.f.Sync(); err != nil {
-		return fmt.Errorf("commitlog: open: fsync %s after truncating: %w", s.path, err)
+		return fmt.Errorf("commitlog: open: fsync %s after cutting its torn tail: %w", s.path, err)
 	}
 	return nil
 }
@@ -295,13 +333,4 @@ func hasZeroSector(b []byte, pos int64) bool {
 		}
 	}
 	return false
-}
-
-func isZero(b []byte) bool {
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
 }

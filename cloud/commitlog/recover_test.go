@@ -115,8 +115,10 @@ func modifyFile(t *testing.T, path string, fn func(b []byte) []byte) {
 	}
 }
 
+// TestTornTailIsCut damages the end of a log of plain (not preallocated)
+// segments; TestPreallocatedTornTail covers preallocated ones.
 func TestTornTailIsCut(t *testing.T) {
-	opts := Options{SegmentBytes: 3000, IndexIntervalBytes: 200}
+	opts := Options{SegmentBytes: 3000, IndexIntervalBytes: 200, NoPreallocate: true}
 	base := t.TempDir()
 	want := closedLog(t, base, opts, 60)
 	segs := segmentFiles(t, base)
@@ -137,7 +139,7 @@ func TestTornTailIsCut(t *testing.T) {
 		{"one byte short", func(b []byte) []byte { return b[:len(b)-1] }, -1},
 		{"header only", func(b []byte) []byte { return b[:lastStart+frameHeaderLen] }, -1},
 		{"half a header", func(b []byte) []byte { return b[:lastStart+3] }, -1},
-		{"zeros appended", func(b []byte) []byte { return append(b, make([]byte, 5000)...) }, 0},
+		{"zeros appended", func(b []byte) []byte { return append(b, make([]byte, 5000)...) }, 0}, // unused space: kept
 		{"garbage appended", func(b []byte) []byte { return append(b, "not a frame at all"...) }, 0},
 		{"last record's checksum bad", func(b []byte) []byte { b[len(b)-1] ^= 0xff; return b }, -1},
 		{"last two records torn with a zero page", func(b []byte) []byte {
@@ -164,6 +166,9 @@ func TestTornTailIsCut(t *testing.T) {
 			}
 			st, _ := os.Stat(path)
 			wantSize := size
+			if tc.name == "zeros appended" {
+				wantSize += 5000
+			}
 			switch tc.keep {
 			case -1:
 				wantSize = lastStart
@@ -205,7 +210,7 @@ func copyDir(t *testing.T, from, to string) {
 }
 
 func TestCorruptionIsReported(t *testing.T) {
-	opts := Options{SegmentBytes: 1500, IndexIntervalBytes: 200}
+	opts := Options{SegmentBytes: 1500, IndexIntervalBytes: 200, NoPreallocate: true}
 	base := t.TempDir()
 	closedLog(t, base, opts, 60)
 	segs := segmentFiles(t, base)

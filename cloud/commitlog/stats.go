@@ -24,6 +24,10 @@ type Stats struct {
 	// FsyncSeconds is the latency of the segment fsyncs that make groups
 	// durable.
 	FsyncSeconds Histogram
+	// Rolls counts segments started after Open; PreallocatedRolls those
+	// that started in a zero-filled spare (see Options.NoPreallocate).
+	// Counters.
+	Rolls, PreallocatedRolls uint64
 	// RetentionSegments, RetentionRecords and RetentionBytes count what
 	// retention deleted. Counters.
 	RetentionSegments, RetentionRecords, RetentionBytes uint64
@@ -113,6 +117,7 @@ func (h *histogram) snapshot() Histogram {
 type counters struct {
 	appended, duplicates, bytes       atomic.Uint64
 	appends, failures, groups         atomic.Uint64
+	rolls, preallocRolls              atomic.Uint64
 	retSegments, retRecords, retBytes atomic.Uint64
 	fsync                             histogram
 	failed                            atomic.Bool
@@ -129,6 +134,8 @@ func (l *FileLog) Stats() Stats {
 		Appends:           c.appends.Load(),
 		Failures:          c.failures.Load(),
 		Groups:            c.groups.Load(),
+		Rolls:             c.rolls.Load(),
+		PreallocatedRolls: c.preallocRolls.Load(),
 		FsyncSeconds:      c.fsync.snapshot(),
 		RetentionSegments: c.retSegments.Load(),
 		RetentionRecords:  c.retRecords.Load(),

@@ -107,8 +107,9 @@ type writer struct {
 	ckpt   uint64 // the durable checkpoint is valid below this offset
 	failed error  // set once; every later append fails with it
 
-	buf   []byte // frames of the current group not yet written
-	dirty bool   // active has data written since its last fsync
+	buf     []byte // frames of the current group not yet written
+	dirty   bool   // active has data written since its last fsync
+	written int64  // bytes written since Open
 
 	// What the current group will publish.
 	pieces    []piece
@@ -168,8 +169,15 @@ func (w *writer) commit(group []*request) {
 		return
 	}
 	l := w.l
-	now := l.opts.Now().UnixNano()
 	w.pieces, w.topicAdds, w.hwmAdds = w.pieces[:0], w.topicAdds[:0], w.hwmAdds[:0]
+	if !w.active.prealloc && w.size > 0 && l.pre.isReady() {
+		// Leave a segment that is not preallocated as soon as one is.
+		if err := w.roll(); err != nil {
+			w.fail(group, err)
+			return
+		}
+	}
+	now := l.opts.Now().UnixNano()
 	for _, r := range group {
 		if r.err != nil {
 			continue
@@ -221,6 +229,9 @@ func (w *writer) commit(group []*request) {
 		w.fail(group, err)
 		return
 	}
+	if w.size >= l.opts.SegmentBytes/2 || (!w.active.prealloc && w.written >= prepareAfterBytes) {
+		l.pre.request()
+	}
 	w.publish()
 	st := &l.stats
 	st.groups.Add(1)
@@ -253,6 +264,7 @@ func (w *writer) flush() error {
 			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
 		}
 		w.size += int64(len(w.buf))
+		w.written += int64(len(w.buf))
 		w.buf = w.buf[:0]
 		w.dirty = true
 	}
@@ -277,15 +289,33 @@ func (w *writer) roll() error {
 	l := w.l
 	base := w.next
 	path := filepath.Join(l.dir, segmentName(base))
-	f, err := l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := l.pre.take(path)
 	if err != nil {
-		return fmt.Errorf("commitlog: create segment: %w", err)
+		return err
+	}
+	prealloc := f != nil
+	if f == nil {
+		if f, err = l.fs.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644); err != nil {
+			return fmt.Errorf("commitlog: create segment: %w", err)
+		}
 	}
 	if err := l.fs.SyncDir(l.dir); err != nil {
 		_ = f.Close()
 		return fmt.Errorf("commitlog: create segment %s: fsync directory: %w", path, err)
 	}
+	if old := w.active; old.prealloc {
+		// Drop the unused zeros. Not fsync'd: zeros a crash brings back
+		// are skipped by recovery.
+		if err := old.f.Truncate(w.size); err != nil {
+			l.log.Warn("commitlog: could not truncate a closed segment's unused space", "file", old.path, "err", err)
+		}
+	}
 	s := newSegment(l.dir, base, f, w.runMax)
+	s.prealloc = prealloc
+	l.stats.rolls.Add(1)
+	if prealloc {
+		l.stats.preallocRolls.Add(1)
+	}
 	l.mu.Lock()
 	l.segments = append(l.segments, s)
 	l.mu.Unlock()

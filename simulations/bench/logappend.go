@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"slices"
 	"sort"
 	"strconv"
@@ -90,7 +91,7 @@ func init() {
 type logAppendConfig struct {
 	// (a)
 	records, payload, devices, connections int
-	natsWindow, rounds                     int
+	natsWindow, rounds, syncAlwaysRecords  int
 	compressAbove                          int
 	noNetwork, noSyncAlways                bool
 	runTimeout                             time.Duration
@@ -100,6 +101,7 @@ type logAppendConfig struct {
 	goroutines, asyncWindow int
 	noInProcess             bool
 	cpuProfile, dir         string
+	profileDir, trace       string
 	keep                    bool
 }
 
@@ -114,6 +116,7 @@ func logAppendFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	fs.IntVar(&c.compressAbove, "compress-above", 0, "(a) link client CompressAbove (0: the client's default; negative: never)")
 	fs.BoolVar(&c.noNetwork, "no-network", false, "skip (a)")
 	fs.BoolVar(&c.noSyncAlways, "no-sync-always", false, "(a) skip JetStream with sync_interval: always")
+	fs.IntVar(&c.syncAlwaysRecords, "sync-always-records", 20_000, "(a) records for JetStream with sync_interval: always, which fsyncs each message (a rate is a rate)")
 	fs.DurationVar(&c.runTimeout, "run-timeout", 5*time.Minute, "(a) give up on one system's run after this long")
 	fs.Float64Var(&c.rate, "rate", 20_000, "(b) offered appends per second")
 	fs.DurationVar(&c.duration, "duration", 15*time.Second, "(b) how long to offer -rate")
@@ -122,6 +125,8 @@ func logAppendFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	fs.IntVar(&c.asyncWindow, "async-window", 16, "(b) AppendAsync calls in flight per goroutine when measuring the maximum")
 	fs.BoolVar(&c.noInProcess, "no-inprocess", false, "skip (b)")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "(b) write a CPU profile of the maximum-rate run to this file")
+	fs.StringVar(&c.trace, "trace", "", "(b) write an execution trace of the fixed-rate run to this file")
+	fs.StringVar(&c.profileDir, "profile-dir", "", "(a) write a CPU profile of every child process (system-role-round.pprof) to this directory")
 	fs.StringVar(&c.dir, "dir", "", "working directory (default: a new temporary directory)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the working directory")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
@@ -194,6 +199,7 @@ type laSpec struct {
 	NATSWindow  int
 	Compress    int
 	Timeout     time.Duration
+	Profile     string // write a CPU profile of the child here
 }
 
 func laNetwork(ctx context.Context, progress io.Writer, c logAppendConfig, dir string, res map[string]any) error {
@@ -207,6 +213,7 @@ func laNetwork(ctx context.Context, progress io.Writer, c logAppendConfig, dir s
 	}
 	rates := map[string][]float64{}
 	cpu := map[string][]float64{}
+	srvCPU, prodCPU := map[string][]float64{}, map[string][]float64{}
 	var serverStats map[string]any
 	for round := range c.rounds {
 		order := slices.Clone(systems)
@@ -214,21 +221,31 @@ func laNetwork(ctx context.Context, progress io.Writer, c logAppendConfig, dir s
 			slices.Reverse(order) // neither system always runs on a warmer page cache
 		}
 		for _, sys := range order {
+			records := c.records
+			if sys == laJetStreamDur {
+				records = max(min(records, c.syncAlwaysRecords), c.connections)
+			}
 			spec := laSpec{
 				System: sys, Dir: filepath.Join(dir, fmt.Sprintf("%s-%d", sys, round)), PKI: pkiDir,
-				Records: c.records, Payload: c.payload, Devices: c.devices, Connections: c.connections,
+				Records: records, Payload: c.payload, Devices: c.devices, Connections: c.connections,
 				NATSWindow: c.natsWindow, Compress: c.compressAbove, Timeout: c.runTimeout,
 			}
-			fmt.Fprintf(progress, "log-append: round %d: %s, %d records over %d connection(s)\n", round+1, sys, c.records, c.connections)
+			if c.profileDir != "" {
+				spec.Profile = filepath.Join(c.profileDir, fmt.Sprintf("%s-%%s-%d.pprof", sys, round+1))
+			}
+			fmt.Fprintf(progress, "log-append: round %d: %s, %d records over %d connection(s)\n", round+1, sys, records, c.connections)
 			prod, srv, err := laRunPair(ctx, progress, spec)
 			if err != nil {
 				return fmt.Errorf("%s, round %d: %w", sys, round+1, err)
 			}
 			rate := laNum(prod, "msgs_per_s")
 			rates[sys] = append(rates[sys], rate)
-			cpu[sys] = append(cpu[sys], (laNum(prod, "cpu_s")+laNum(srv, "cpu_s"))*1e6/float64(c.records))
-			fmt.Fprintf(progress, "log-append: round %d: %s %.0f msg/s (%.1f µs CPU per message, both processes)\n",
-				round+1, sys, rate, cpu[sys][len(cpu[sys])-1])
+			perMsg := func(key string, m map[string]any) float64 { return laNum(m, key) * 1e6 / float64(records) }
+			srvCPU[sys] = append(srvCPU[sys], perMsg("cpu_s", srv))
+			prodCPU[sys] = append(prodCPU[sys], perMsg("cpu_s", prod))
+			cpu[sys] = append(cpu[sys], perMsg("cpu_s", srv)+perMsg("cpu_s", prod))
+			fmt.Fprintf(progress, "log-append: round %d: %s %.0f msg/s (CPU per message: server %.2f µs, producer %.2f µs)\n",
+				round+1, sys, rate, perMsg("cpu_s", srv), perMsg("cpu_s", prod))
 			if sys == laOurs {
 				serverStats = srv
 			}
@@ -245,13 +262,17 @@ func laNetwork(ctx context.Context, progress io.Writer, c logAppendConfig, dir s
 	res["ratio_against"] = "jetstream default sync_interval (no fsync per message; ours fsyncs every group before acking)"
 	res["ours_runs"] = laRound(rates[laOurs], 0)
 	res["jetstream_runs"] = laRound(rates[laJetStream], 0)
-	res["ours_cpu_us_per_msg"] = roundTo(median(cpu[laOurs]), 2)
-	res["jetstream_cpu_us_per_msg"] = roundTo(median(cpu[laJetStream]), 2)
+	for sys, key := range map[string]string{laOurs: "ours", laJetStream: "jetstream", laJetStreamDur: "jetstream_sync_always"} {
+		if len(cpu[sys]) > 0 {
+			res[key+"_cpu_us_per_msg"] = roundTo(median(cpu[sys]), 2)
+			res[key+"_server_cpu_us_per_msg"] = roundTo(median(srvCPU[sys]), 2)
+			res[key+"_producer_cpu_us_per_msg"] = roundTo(median(prodCPU[sys]), 2)
+		}
+	}
 	if !c.noSyncAlways {
 		jsd := median(rates[laJetStreamDur])
 		res["jetstream_sync_always_msgs_per_s"] = roundTo(jsd, 0)
 		res["jetstream_sync_always_runs"] = laRound(rates[laJetStreamDur], 0)
-		res["jetstream_sync_always_cpu_us_per_msg"] = roundTo(median(cpu[laJetStreamDur]), 2)
 		res["ratio_vs_sync_always"] = roundTo(ours/jsd, 2)
 	}
 	res["jetstream_version"] = natsserver.VERSION
@@ -453,7 +474,17 @@ func runLogAppendChild(ctx context.Context, progress io.Writer, specJSON string)
 	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
 		return nil, fmt.Errorf("log-append child: %w", err)
 	}
-	cpu0 := processCPU()
+	if spec.Profile != "" {
+		f, err := os.Create(fmt.Sprintf(spec.Profile, spec.Role))
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return nil, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var res map[string]any
 	var err error
 	switch {
@@ -469,7 +500,6 @@ func runLogAppendChild(ctx context.Context, progress io.Writer, specJSON string)
 	if err != nil {
 		return nil, err
 	}
-	res["cpu_s"] = (processCPU() - cpu0).Seconds()
 	return res, nil
 }
 
@@ -513,12 +543,14 @@ func laOurServer(ctx context.Context, spec laSpec) (map[string]any, error) {
 	srvErr := make(chan error, 1)
 	go func() { srvErr <- srv.Serve(context.Background(), pc) }()
 	fmt.Printf("READY %s\n", pc.LocalAddr())
+	cpu0 := processCPU()
 	laWaitStdin(ctx)
+	cpu := processCPU() - cpu0
 	_ = srv.Close()
 	if err := <-srvErr; err != nil {
 		return nil, err
 	}
-	res := map[string]any{}
+	res := map[string]any{"cpu_s": cpu.Seconds()}
 	ss := srv.Stats()
 	res["batches"] = ss.Batches
 	if ss.Records > 0 {
@@ -696,7 +728,7 @@ func laOurProducer(ctx context.Context, progress io.Writer, spec laSpec) (map[st
 			return nil, err
 		}
 	}
-	t0 := time.Now()
+	t0, cpu0 := time.Now(), processCPU()
 	close(start)
 	for i, src := range sources {
 		select {
@@ -707,8 +739,8 @@ func laOurProducer(ctx context.Context, progress io.Writer, spec laSpec) (map[st
 			return nil, fmt.Errorf("gateway %s acked %d of %d: %w (%+v)", laGateway(i), src.acked.Load(), len(src.recs), cctx.Err(), clients[i].Stats())
 		}
 	}
-	elapsed := time.Since(t0)
-	res := map[string]any{"msgs_per_s": float64(spec.Records) / elapsed.Seconds(), "seconds": elapsed.Seconds()}
+	elapsed, cpu := time.Since(t0), processCPU()-cpu0
+	res := map[string]any{"msgs_per_s": float64(spec.Records) / elapsed.Seconds(), "seconds": elapsed.Seconds(), "cpu_s": cpu.Seconds()}
 	var sessions, reconnects, wire, raw uint64
 	for _, c := range clients {
 		st := c.Stats()
@@ -761,12 +793,14 @@ func laNATSServer(ctx context.Context, spec laSpec) (map[string]any, error) {
 		return nil, err
 	}
 	fmt.Printf("READY %s\n", ns.ClientURL())
+	cpu0 := processCPU()
 	laWaitStdin(ctx)
+	cpu := processCPU() - cpu0
 	info, err := js.StreamInfo(laStream)
 	if err != nil {
 		return nil, err
 	}
-	return map[string]any{"stored": info.State.Msgs, "stream_bytes": info.State.Bytes, "sync_always": opts.SyncAlways}, nil
+	return map[string]any{"stored": info.State.Msgs, "stream_bytes": info.State.Bytes, "sync_always": opts.SyncAlways, "cpu_s": cpu.Seconds()}, nil
 }
 
 func laNATSProducer(ctx context.Context, spec laSpec) (map[string]any, error) {
@@ -803,7 +837,7 @@ func laNATSProducer(ctx context.Context, spec laSpec) (map[string]any, error) {
 	runtime.GC()
 	cctx, cancel := context.WithTimeout(ctx, spec.Timeout)
 	defer cancel()
-	t0 := time.Now()
+	t0, cpu0 := time.Now(), processCPU()
 	errs := make(chan error, len(conns))
 	var stalls atomic.Int64
 	for _, c := range conns {
@@ -838,7 +872,7 @@ func laNATSProducer(ctx context.Context, spec laSpec) (map[string]any, error) {
 			return nil, err
 		}
 	}
-	elapsed := time.Since(t0)
+	elapsed, cpu := time.Since(t0), processCPU()-cpu0
 	var failed int64
 	for _, c := range conns {
 		failed += c.failed.Load()
@@ -846,7 +880,7 @@ func laNATSProducer(ctx context.Context, spec laSpec) (map[string]any, error) {
 	if failed > 0 {
 		return nil, fmt.Errorf("%d publishes failed", failed)
 	}
-	return map[string]any{"msgs_per_s": float64(spec.Records) / elapsed.Seconds(), "seconds": elapsed.Seconds(), "stalls": stalls.Load()}, nil
+	return map[string]any{"msgs_per_s": float64(spec.Records) / elapsed.Seconds(), "seconds": elapsed.Seconds(), "stalls": stalls.Load(), "cpu_s": cpu.Seconds()}, nil
 }
 
 // ---- (b) in process ----
@@ -859,7 +893,20 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 			return err
 		}
 		fmt.Fprintf(progress, "log-append: in process: %.0f appends/s from %d goroutines for %v\n", c.rate, c.goroutines, c.duration)
+		if c.trace != "" {
+			f, err := os.Create(c.trace)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if err := trace.Start(f); err != nil {
+				return err
+			}
+		}
 		lat, sched, achieved, err := laFixedRate(ctx, clog, value, c.rate, c.duration, c.goroutines)
+		if c.trace != "" {
+			trace.Stop()
+		}
 		stats := map[string]any{}
 		laLogStats(clog, stats)
 		clog.Close()
