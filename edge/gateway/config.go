@@ -31,7 +31,9 @@ type Config struct {
 	// MetricsListen serves Prometheus metrics at /metrics and health at
 	// /healthz. "" (the zero value): not served.
 	MetricsListen string `yaml:"metrics_listen"`
-	// MQTT is the device-facing broker.
+	// MQTT is the device-facing broker. mqtt.sessions.file "" (the zero
+	// value) means <data_dir>/sessions.db: persistent sessions survive a
+	// restart.
 	MQTT broker.Config `yaml:"mqtt"`
 	// Outbox tunes the durable SQLite buffer.
 	Outbox OutboxConfig `yaml:"outbox"`

@@ -65,7 +65,13 @@ func New(cfg Config, logger *slog.Logger) (*Gateway, error) {
 	}
 	g.outbox = ob
 
-	b, err := broker.New(cfg.MQTT, ob, logger.With("part", "mqtt"))
+	mqttCfg := cfg.MQTT
+	if mqttCfg.Sessions.File == "" {
+		// Persistent sessions, subscriptions, retained and in-flight
+		// messages survive a restart, beside the outbox.
+		mqttCfg.Sessions.File = filepath.Join(g.dataDir, "sessions.db")
+	}
+	b, err := broker.New(mqttCfg, ob, logger.With("part", "mqtt"))
 	if err != nil {
 		ob.Close()
 		return nil, fmt.Errorf("mqtt: %w", err)
