@@ -539,6 +539,17 @@ func (r *runner) handle(ctx context.Context, it item, producer string, fin finis
 			return err
 		}
 	}
+	ev := it.ev
+	if r.c.transform != nil {
+		var err error
+		if ev, err = r.c.transform.apply(ctx, it.ev); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.setErr(fmt.Errorf("event %s (offset %d): %w", it.ev.ID(), it.orig, err))
+			return r.deadLetter(ctx, it, producer, 0, 0, err.Error(), fin)
+		}
+	}
 	first := now()
 	for attempts := 1; ; attempts++ {
 		if r.limit != nil {
@@ -546,7 +557,7 @@ func (r *runner) handle(ctx context.Context, it item, producer string, fin finis
 				return err
 			}
 		}
-		a := r.send.send(ctx, it.ev)
+		a := r.send.send(ctx, ev)
 		if ctx.Err() != nil && Classify(a) != Delivered {
 			return ctx.Err() // stopping: an abandoned attempt is not a failure
 		}

@@ -100,6 +100,9 @@ type Subscription struct {
 	// Only with RateLimit. Zero means RateLimit rounded up (one second's
 	// worth), at least 1.
 	RateBurst int `json:"rate_burst,omitempty" yaml:"rate_burst,omitempty"`
+	// Transform reshapes each event before it is sent (CEL expressions; see
+	// Transform). Nil means events are sent as logged.
+	Transform *Transform `json:"transform,omitempty" yaml:"transform,omitempty"`
 	// From is where a subscription without a cursor starts: "earliest" (the
 	// oldest retained record), "latest" (the next record appended) or a
 	// decimal log offset. It is ignored once a cursor exists. Empty means
@@ -236,7 +239,8 @@ type compiled struct {
 	structured  bool
 	delay       time.Duration
 	maxDelay    time.Duration
-	rateBurst   int // with RateLimit > 0
+	rateBurst   int          // with RateLimit > 0
+	transform   *transformer // nil: none
 }
 
 func (s *Subscription) compile() (*compiled, error) {
@@ -316,6 +320,11 @@ func (s *Subscription) compile() (*compiled, error) {
 	}
 	if err := c.compileSchedule(); err != nil {
 		return nil, err
+	}
+	if s.Transform != nil {
+		if c.transform, err = compileTransform(s.Transform); err != nil {
+			return nil, err
+		}
 	}
 	return c, nil
 }
