@@ -152,9 +152,14 @@ func (b *buffer) rewrite() error {
 	}
 	buf := b.scratch[:0]
 	// An ack record first keeps the sequence numbers growing across
-	// compactions even when the buffer is empty.
-	if b.nextSeq > 1 {
-		buf = appendRecord(buf, record{kind: kindAck, seq: b.nextSeq - 1})
+	// compactions even when the buffer is empty. It must remove nothing
+	// live: it acknowledges only what comes before the oldest entry.
+	through := b.nextSeq - 1
+	if len(b.entries) > 0 {
+		through = b.entries[0].seq - 1
+	}
+	if through > 0 {
+		buf = appendRecord(buf, record{kind: kindAck, seq: through})
 	}
 	for _, e := range b.entries {
 		buf = appendRecord(buf, record{kind: kindData, seq: e.seq, topic: e.topic, payload: e.payload})
@@ -327,4 +332,3 @@ func (b *buffer) close() error {
 	}
 	return nil
 }
-

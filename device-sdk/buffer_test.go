@@ -51,6 +51,26 @@ func TestBufferSurvivesReopen(t *testing.T) {
 	}
 	b.close()
 	b2.close()
+	// A second reboot reads the journal the first one compacted.
+	for range 2 {
+		b3 := mustOpen(t, dir, 1<<20, RejectNew)
+		got = contents(b3)
+		if len(got) != 7 || got[0] != "t=m4" || got[6] != "t=m10" {
+			t.Fatalf("after a second reopen: %v", got)
+		}
+		b3.close()
+	}
+	b4 := mustOpen(t, dir, 1<<20, RejectNew)
+	defer b4.close()
+	if err := b4.ack(11); err != nil {
+		t.Fatal(err)
+	}
+	b4.close()
+	b5 := mustOpen(t, dir, 1<<20, RejectNew)
+	defer b5.close()
+	if seq, err := b5.append("t", []byte("m11")); err != nil || seq != 12 || len(contents(b5)) != 1 {
+		t.Fatalf("after all acked and reopened: seq %d, %v, %v", seq, err, contents(b5))
+	}
 }
 
 func TestBufferTornTail(t *testing.T) {
