@@ -414,7 +414,7 @@ func (rep *Report) WriteHTML(w io.Writer) error {
 		// largest backlogs.
 		var keep []GatewayReport
 		for _, g := range rep.Gateways {
-			if g.Lost > 0 || g.Dropped > 0 || g.Refused > 0 || g.Restarts > 0 || g.PolicyDrops > 0 {
+			if g.Lost > 0 || g.Dropped > 0 || g.Refused > 0 || g.Restarts > 0 || g.PolicyDrops > 0 || g.Uplink.Dropped > 0 || g.Uplink.Blackholed > 0 {
 				keep = append(keep, g)
 			}
 		}
@@ -429,7 +429,7 @@ func (rep *Report) WriteHTML(w io.Writer) error {
 			}
 		}
 		d.Gateways = keep
-		d.GWNote = fmt.Sprintf("%d of %d gateways shown: those with refusals, restarts, drops or losses, then the largest backlogs. The JSON summary lists all.", len(keep), len(rep.Gateways))
+		d.GWNote = fmt.Sprintf("%d of %d gateways shown: those with refusals, restarts, drops, losses or link faults, then the largest backlogs. The JSON summary lists all.", len(keep), len(rep.Gateways))
 	}
 	return pageTmpl.Execute(w, d)
 }
@@ -479,8 +479,8 @@ svg{display:block;margin:10px 0}
 
 <h2>Gateways</h2>
 {{if .GWNote}}<p class="muted">{{.GWNote}}</p>{{end}}
-<table><tr><th class="l">gateway</th><th>created</th><th>acked</th><th>in log</th><th>delivered</th><th>dropped</th><th>lost</th><th>max backlog</th><th>refused</th><th>disk failures</th><th>policy drops</th><th>restarts</th></tr>
-{{range .Gateways}}<tr><td class="l">{{.Gateway}}</td><td>{{.Published}}</td><td>{{.Acked}}</td><td>{{.InLog}}</td><td>{{.Delivered}}</td><td>{{.Dropped}}</td><td>{{.Lost}}</td><td>{{.MaxBacklog}}</td><td>{{.Refused}}</td><td>{{.DiskFailures}}</td><td>{{if .DropsKnown}}{{.PolicyDrops}}{{else}}n/a{{end}}</td><td>{{.Restarts}}</td></tr>{{end}}</table>
+<table><tr><th class="l">gateway</th><th>created</th><th>acked</th><th>in log</th><th>delivered</th><th>dropped</th><th>lost</th><th>max backlog</th><th>refused</th><th>disk failures</th><th>policy drops</th><th>restarts</th><th>uplink datagrams lost / blackholed</th></tr>
+{{range .Gateways}}<tr><td class="l">{{.Gateway}}</td><td>{{.Published}}</td><td>{{.Acked}}</td><td>{{.InLog}}</td><td>{{.Delivered}}</td><td>{{.Dropped}}</td><td>{{.Lost}}</td><td>{{.MaxBacklog}}</td><td>{{.Refused}}</td><td>{{.DiskFailures}}</td><td>{{if .DropsKnown}}{{.PolicyDrops}}{{else}}n/a{{end}}</td><td>{{.Restarts}}</td><td>{{.Uplink.Dropped}} / {{.Uplink.Blackholed}} of {{.Uplink.Received}}</td></tr>{{end}}</table>
 
 <h2>Faults</h2>
 {{if .R.Faults}}<table><tr><th>#</th><th class="l">kind</th><th class="l">targets</th><th>planned</th><th>applied</th><th class="l">detail</th></tr>

@@ -9,6 +9,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/tributary-io/tributary/simulations/ledger"
+	"github.com/tributary-io/tributary/sync/faultnet"
 )
 
 // Result is a run's outcome; its JSON is the SUMMARY line.
@@ -84,6 +85,9 @@ type GatewayReport struct {
 	PolicyDrops uint64 `json:"policy_drops"`
 	DropsKnown  bool   `json:"drops_known"`
 	Restarts    int    `json:"restarts"`
+	// Uplink counts the datagrams through the gateway's fault relay, both
+	// ways: what a link fault did to it.
+	Uplink faultnet.Stats `json:"uplink"`
 }
 
 // SinkReport is one sink's counters.
@@ -127,6 +131,7 @@ func (r *runner) report(res Result, started, pubEnd, mark, drainedAt, end time.T
 			DropsKnown: s.DropsKnown, Restarts: s.Restarts,
 		}
 		g.Gateway = id
+		g.Uplink = r.relays[i].Stats()
 		for _, d := range s.Drops {
 			g.PolicyDrops += d.quota + d.expired
 		}

@@ -1,12 +1,16 @@
 package fleet
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cloudevents/sdk-go/v2/event"
 
 	"github.com/tributary-io/tributary/simulations/scenarios"
 )
@@ -164,24 +168,74 @@ func TestTopics(t *testing.T) {
 	}
 }
 
-// TestPlan orders starts and ends; a kill of zero length restarts right
-// after it kills.
-func TestPlan(t *testing.T) {
-	faults := []Fault{
-		{Kind: LinkDown, At: Duration(5 * time.Second), For: Duration(10 * time.Second)},
-		{Kind: Kill, At: Duration(7 * time.Second)},
-		{Kind: SinkFail, At: Duration(1 * time.Second), For: Duration(4 * time.Second)},
+// TestTimeline runs a timeline of sink faults against real sinks: each
+// fault starts and ends at its time, on its own (an overlapping fault on
+// another sink is not held up), and is recorded.
+func TestTimeline(t *testing.T) {
+	sc := Scenario{
+		Duration:      Duration(time.Minute),
+		Sinks:         []Sink{{Name: "a"}, {Name: "b"}},
+		Subscriptions: []Subscription{{ID: "x", Sink: "a"}},
+		Faults: []Fault{
+			{Kind: SinkFail, Targets: []string{"a"}, At: Duration(50 * time.Millisecond), For: Duration(300 * time.Millisecond), Status: 502},
+			{Kind: SinkHang, Targets: []string{"b"}, At: Duration(100 * time.Millisecond), For: Duration(100 * time.Millisecond)},
+		},
 	}
-	got := plan(faults)
-	want := []action{{time.Second, 2, true}, {5 * time.Second, 0, true}, {5 * time.Second, 2, false},
-		{7 * time.Second, 1, true}, {7 * time.Second, 1, false}, {15 * time.Second, 0, false}}
-	if len(got) != len(want) {
-		t.Fatalf("%v", got)
+	if err := sc.Validate(); err != nil {
+		t.Fatal(err)
 	}
-	for i := range got {
-		if got[i] != want[i] {
-			t.Fatalf("action %d: %+v, want %+v (all: %+v)", i, got[i], want[i], got)
+	r := &runner{sc: sc.withDefaults(), active: map[int]bool{}, sinks: map[string]*sinkServer{}}
+	r.log = slog.New(slog.DiscardHandler)
+	for _, name := range []string{"a", "b"} {
+		s, err := startSink(name, nil, func(int, *event.Event, time.Time) {})
+		if err != nil {
+			t.Fatal(err)
 		}
+		defer s.Close()
+		r.sinks[name] = s
+	}
+	for i, f := range r.sc.Faults {
+		r.faults = append(r.faults, FaultRecord{Index: i, Kind: f.Kind, Targets: matchTargets(f, nil), StartS: -1, EndS: -1})
+	}
+	start := time.Now()
+	done := make(chan struct{})
+	go func() { defer close(done); r.runTimeline(context.Background(), start) }()
+	// While both are on: a fails, b hangs.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r.mu.Lock()
+		both := len(r.active) == 2
+		r.mu.Unlock()
+		if both {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the two faults were never on together")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	a, b := r.sinks["a"], r.sinks["b"]
+	a.mu.Lock()
+	status := a.status
+	a.mu.Unlock()
+	b.mu.Lock()
+	hanging := b.hang != nil
+	b.mu.Unlock()
+	if status != 502 || !hanging {
+		t.Fatalf("sink a status %d, sink b hanging %v", status, hanging)
+	}
+	<-done
+	if len(r.active) != 0 || a.status != 0 || b.hang != nil {
+		t.Fatalf("faults still on after the timeline: active %v", r.active)
+	}
+	for i, f := range r.faults {
+		planned := r.sc.Faults[i]
+		if f.StartS < planned.At.D().Seconds() || f.EndS < planned.End().Seconds() || f.Error != "" {
+			t.Fatalf("fault %d recorded %+v, planned %v–%v", i, f, planned.At, planned.End())
+		}
+	}
+	if r.faults[1].EndS > r.faults[0].EndS {
+		t.Fatalf("the hang ended after the failure although planned before it: %+v", r.faults)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"path"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tributary-io/tributary/sync/faultnet"
@@ -16,26 +17,6 @@ type action struct {
 	at    time.Duration // from the start of publishing
 	fault int
 	start bool
-}
-
-// plan orders the starts and ends of faults. At one instant a fault's start
-// comes before its own end (a kill with For 0 restarts at once) and
-// otherwise actions keep the faults' order.
-func plan(faults []Fault) []action {
-	var acts []action
-	for i, f := range faults {
-		acts = append(acts, action{f.At.D(), i, true}, action{f.End(), i, false})
-	}
-	slices.SortStableFunc(acts, func(a, b action) int {
-		switch {
-		case a.at < b.at:
-			return -1
-		case a.at > b.at:
-			return 1
-		}
-		return 0
-	})
-	return acts
 }
 
 // matchTargets resolves a fault's target patterns against the gateway ids
@@ -90,40 +71,62 @@ func (f FaultRecord) Label() string {
 }
 
 // runTimeline applies the scenario's faults at their times from start, and
-// returns when the last one ended or ctx ended. A fault that cannot be
-// applied is recorded; a failed restart also fails the run.
+// returns when every fault ended or ctx ended. Each fault runs on its own
+// goroutine, so a slow step (a restart) does not delay the others; a fault
+// whose start was late ends at its planned time all the same (the report
+// keeps the actual times). A fault that cannot be applied is recorded; a
+// failed restart also fails the run.
 func (r *runner) runTimeline(ctx context.Context, start time.Time) {
-	for _, a := range plan(r.sc.Faults) {
-		t := time.NewTimer(time.Until(start.Add(a.at)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-		err := r.apply(ctx, a)
-		r.mu.Lock()
-		rec := &r.faults[a.fault]
-		now := time.Since(start).Seconds()
-		if a.start {
-			rec.StartS = now
-			r.active[a.fault] = true
-		} else {
-			rec.EndS = now
-			delete(r.active, a.fault)
-		}
-		if err != nil {
-			rec.Error = strings.TrimPrefix(rec.Error+"; "+err.Error(), "; ")
-		}
-		r.mu.Unlock()
-		if err != nil {
-			r.log.Error("fault", "kind", rec.Kind, "start", a.start, "err", err)
-			if rec.Kind == Kill && !a.start {
-				r.fail(fmt.Errorf("fault %d (%s): restart: %w", a.fault, rec.Kind, err))
-				return
+	var wg sync.WaitGroup
+	for i := range r.sc.Faults {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f := r.sc.Faults[i]
+			for _, a := range []action{{f.At.D(), i, true}, {f.End(), i, false}} {
+				if !r.step(ctx, start, a) {
+					return
+				}
 			}
+		}()
+	}
+	wg.Wait()
+}
+
+// step waits for a's time and applies it. It reports whether the fault's
+// timeline should go on.
+func (r *runner) step(ctx context.Context, start time.Time, a action) bool {
+	t := time.NewTimer(time.Until(start.Add(a.at)))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return false
+	case <-t.C:
+	}
+	err := r.apply(ctx, a)
+	r.mu.Lock()
+	rec := &r.faults[a.fault]
+	now := time.Since(start).Seconds()
+	if a.start {
+		rec.StartS = now
+		r.active[a.fault] = true
+	} else {
+		rec.EndS = now
+		delete(r.active, a.fault)
+	}
+	if err != nil {
+		rec.Error = strings.TrimPrefix(rec.Error+"; "+err.Error(), "; ")
+	}
+	kind := rec.Kind
+	r.mu.Unlock()
+	if err != nil {
+		r.log.Error("fault", "kind", kind, "start", a.start, "err", err)
+		if kind == Kill && !a.start {
+			r.fail(fmt.Errorf("fault %d (%s): restart: %w", a.fault, kind, err))
+			return false
 		}
 	}
+	return true
 }
 
 // apply starts or ends one fault on every target.
