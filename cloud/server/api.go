@@ -65,6 +65,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	read := func(h http.HandlerFunc) http.HandlerFunc { return s.auth.require(ScopeRead, h) }
 	write := func(h http.HandlerFunc) http.HandlerFunc { return s.auth.require(ScopeWrite, h) }
 	mux.HandleFunc("GET /v1/events", read(s.handleEvents))
+	mux.HandleFunc("POST /v1/events", write(s.handleIngest))
 	mux.HandleFunc("GET /v1/gateways/{id}", read(s.handleGateway))
 	mux.HandleFunc("GET /v1/subscriptions", read(s.handleListSubs))
 	mux.HandleFunc("GET /v1/subscriptions/{id}", read(s.handleGetSub))
@@ -74,6 +75,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/subscriptions/{id}/deadletters", read(s.handleDeadLetters))
 	mux.HandleFunc("POST /v1/subscriptions/{id}/deadletters/redrive", write(s.handleRedrive))
 	mux.HandleFunc("POST /v1/subscriptions/{id}/replay", write(s.handleReplay))
+	mux.HandleFunc("GET /v1/stream", read(newStreamHandler(s).ServeHTTP))
 }
 
 // handleEvents pages through the central log: from (default: the first
