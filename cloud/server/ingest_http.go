@@ -97,4 +97,3 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, IngestResult{Appended: res.Appended, FirstOffset: res.FirstOffset, LastOffset: res.LastOffset})
 }
-
