@@ -30,11 +30,27 @@ var ErrBufferFull = errors.New("devicesdk: buffer full")
 // than 16 MiB, or a topic longer than 65535 bytes).
 var ErrTooLarge = errors.New("devicesdk: message too large")
 
+// ErrBufferFailed is returned (wrapping the cause) by every Enqueue after
+// the buffer's journal could not be fsync'd or repaired after a failed
+// write: whether earlier writes are on disk is then unknown, so the buffer
+// stops taking messages. Opening it again (a restart) recovers what is on
+// disk.
+var ErrBufferFailed = errors.New("devicesdk: buffer failed")
+
 // ErrClosed is returned by calls on a closed buffer or device.
 var ErrClosed = errors.New("devicesdk: closed")
 
 // bufferFile is the journal's name inside the buffer directory.
 const bufferFile = "buffer.log"
+
+// journal is the part of *os.File the buffer writes through; tests wrap it
+// to inject faults.
+type journal interface {
+	Write(p []byte) (int, error)
+	Sync() error
+	Truncate(size int64) error
+	Close() error
+}
 
 // entry is one buffered message.
 type entry struct {
@@ -64,7 +80,8 @@ type buffer struct {
 	log      *slog.Logger
 
 	mu        sync.Mutex
-	f         *os.File
+	f         journal
+	failed    error // non-nil: ErrBufferFailed wrapping the cause
 	fileBytes int64
 	entries   []entry // in seq order; entries[0] is the oldest
 	liveBytes int64
@@ -219,27 +236,32 @@ func (b *buffer) append(topic string, payload []byte) (uint64, error) {
 	if b.closed {
 		return 0, ErrClosed
 	}
+	if b.failed != nil {
+		return 0, b.failed
+	}
 	buf := b.scratch[:0]
+	var dropThrough uint64
+	dropN := 0
 	if b.liveBytes+size > b.maxBytes {
 		if b.policy != DropOldest {
 			b.rejected++
 			return 0, fmt.Errorf("%w: %d of %d bytes used", ErrBufferFull, b.liveBytes, b.maxBytes)
 		}
-		var through uint64
-		n := 0
-		for free := b.maxBytes - b.liveBytes; free < size; n++ {
-			free += b.entries[n].size()
-			through = b.entries[n].seq
+		for free := b.maxBytes - b.liveBytes; free < size; dropN++ {
+			free += b.entries[dropN].size()
+			dropThrough = b.entries[dropN].seq
 		}
 		// The drop goes into the same fsync'd write as the new message.
-		buf = appendRecord(buf, record{kind: kindDrop, seq: through})
-		b.removeThrough(through)
-		b.dropped += uint64(n)
+		buf = appendRecord(buf, record{kind: kindDrop, seq: dropThrough})
 	}
 	seq := b.nextSeq
 	buf = appendRecord(buf, record{kind: kindData, seq: seq, topic: topic, payload: payload})
 	if err := b.write(buf, true); err != nil {
 		return 0, err
+	}
+	if dropN > 0 {
+		b.removeThrough(dropThrough)
+		b.dropped += uint64(dropN)
 	}
 	b.nextSeq++
 	b.entries = append(b.entries, entry{seq: seq, topic: topic, payload: append([]byte(nil), payload...)})
@@ -248,17 +270,26 @@ func (b *buffer) append(topic string, payload []byte) (uint64, error) {
 }
 
 // write appends buf to the journal, fsyncing if sync. Called with mu held.
+//
+// A failed write is cut off the journal again, so later records do not
+// follow a torn one (which would hide them on the next open); if that cut or
+// an fsync fails, the buffer fails for good (ErrBufferFailed).
 func (b *buffer) write(buf []byte, sync bool) error {
+	if cap(buf) <= 1<<20 {
+		defer func() { b.scratch = buf[:0] }()
+	}
 	if _, err := b.f.Write(buf); err != nil {
+		if terr := b.f.Truncate(b.fileBytes); terr != nil {
+			b.failed = fmt.Errorf("%w: write: %w; truncate: %w", ErrBufferFailed, err, terr)
+			return b.failed
+		}
 		return fmt.Errorf("devicesdk: write buffer: %w", err)
 	}
 	b.fileBytes += int64(len(buf))
-	if cap(buf) <= 1<<20 {
-		b.scratch = buf[:0]
-	}
 	if sync {
 		if err := b.f.Sync(); err != nil {
-			return fmt.Errorf("devicesdk: sync buffer: %w", err)
+			b.failed = fmt.Errorf("%w: fsync: %w", ErrBufferFailed, err)
+			return b.failed
 		}
 	}
 	return nil
@@ -278,6 +309,10 @@ func (b *buffer) ack(through uint64) error {
 		return nil
 	}
 	b.acked += uint64(n)
+	if b.failed != nil {
+		// Keep sending what is in memory; the journal takes no more writes.
+		return nil
+	}
 	if err := b.write(appendRecord(b.scratch[:0], record{kind: kindAck, seq: through}), false); err != nil {
 		return err
 	}
