@@ -98,8 +98,11 @@ t_bin=$(( $(date +%s) - t0 ))
 
 # Every binary is static (no program interpreter) and stripped (no symbols).
 for b in "$DIST"/bin/*; do
-	if LC_ALL=C readelf -lW "$b" | grep -q 'Requesting program interpreter'; then die "$b is dynamically linked"; fi
-	if LC_ALL=C readelf -SW "$b" | grep -q ' \.symtab '; then die "$b is not stripped"; fi
+	# (Output captured first: grep -q closing the pipe early would fail the
+	# pipeline under pipefail.)
+	headers=$(LC_ALL=C readelf -lW "$b") sections=$(LC_ALL=C readelf -SW "$b")
+	if grep -q 'Requesting program interpreter' <<<"$headers"; then die "$b is dynamically linked"; fi
+	if grep -q ' \.symtab ' <<<"$sections"; then die "$b is not stripped"; fi
 done
 check_version() { # check_version NAME RUNNER...
 	local bin=$1; shift
@@ -125,6 +128,8 @@ deb() {
 	local part=$1 arch=$2 bin=$3 pkg=tributary-$1
 	local stage
 	stage=$(mktemp -d)
+	# mktemp makes it 0700; the package's ./ entry must not carry that to /.
+	chmod 0755 "$stage"
 	install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
 		"$stage/etc/tributary" "$stage/usr/lib/sysctl.d" "$stage/usr/share/doc/$pkg/examples"
 	install -m 0755 "$bin" "$stage/usr/bin/$pkg"
@@ -175,7 +180,10 @@ deb() {
 	# What dpkg will see.
 	[ "$(dpkg-deb -f "$out" Package Version Architecture | tr '\n' ' ')" = "Package: $pkg Version: $DEB_VERSION Architecture: $arch " ] ||
 		die "$out: control fields wrong"
-	dpkg-deb -c "$out" | grep -q " root/root .* ./usr/bin/$pkg\$" || die "$out: no root-owned /usr/bin/$pkg"
+	local contents
+	contents=$(dpkg-deb -c "$out")
+	grep -q '^drwxr-xr-x root/root .* \./$' <<<"$contents" || die "$out: its ./ entry is not 0755 root/root"
+	grep -q "^-rwxr-xr-x root/root .* ./usr/bin/$pkg\$" <<<"$contents" || die "$out: no root-owned executable /usr/bin/$pkg"
 	[ "$(dpkg-deb -I "$out" conffiles)" = "/etc/tributary/$part.yaml" ] || die "$out: conffiles wrong"
 	say "packaged $(basename "$out") ($(du -h "$out" | cut -f1))"
 }
