@@ -55,21 +55,21 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 			return nil, fmt.Errorf("fan-out: %w", err)
 		}
 		return map[string]any{
-			"events_per_s_ordered":     ordered.rate,
-			"events_per_s_fanout":      fanout.rate,
-			"appended_per_s_fanout":    fanout.appendRate,
-			"p99_ms":                   ordered.p99,
-			"p50_ms":                   ordered.p50,
-			"p99_ms_fanout":            fanout.p99,
-			"lost":                     ordered.lost + fanout.lost,
-			"out_of_order":             ordered.outOfOrder + fanout.outOfOrder,
-			"redeliveries":             ordered.redeliveries + fanout.redeliveries,
-			"delivered_ordered":        ordered.delivered,
-			"delivered_fanout":         fanout.delivered,
-			"subscriptions_fanout":     100,
-			"lanes_ordered":            16,
-			"loadavg_before":           loadBefore,
-			"loadavg_after":            loadAverage(),
+			"events_per_s_ordered":  ordered.rate,
+			"events_per_s_fanout":   fanout.rate,
+			"appended_per_s_fanout": fanout.appendRate,
+			"p99_ms":                ordered.p99,
+			"p50_ms":                ordered.p50,
+			"p99_ms_fanout":         fanout.p99,
+			"lost":                  ordered.lost + fanout.lost,
+			"out_of_order":          ordered.outOfOrder + fanout.outOfOrder,
+			"redeliveries":          ordered.redeliveries + fanout.redeliveries,
+			"delivered_ordered":     ordered.delivered,
+			"delivered_fanout":      fanout.delivered,
+			"subscriptions_fanout":  100,
+			"lanes_ordered":         16,
+			"loadavg_before":        loadBefore,
+			"loadavg_after":         loadAverage(),
 		}, nil
 	}
 }
