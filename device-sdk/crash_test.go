@@ -103,18 +103,24 @@ func TestCrashReboot(t *testing.T) {
 		t.Skip("child process")
 	}
 	addr, rec := startBroker(t)
+	crashReboot(t, addr, rec.snapshot)
+}
+
+// crashReboot runs the crash scenario against the broker at addr; seen
+// returns what the broker received (or committed) so far as topic=payload.
+func crashReboot(t *testing.T, addr string, seen func() []string) {
 	dir := t.TempDir()
 
 	// 1. Offline: nothing listens on port 1. Killed after 100 messages.
 	acked1 := runChild(t, dir, "tcp://127.0.0.1:1", "a", 1000, func(n int) bool { return n >= 100 })
-	if n := len(rec.snapshot()); n != 0 {
+	if n := len(seen()); n != 0 {
 		t.Fatalf("broker saw %d messages while the device was offline", n)
 	}
 	// 2. Online: killed once the broker has some of its messages.
 	acked2 := runChild(t, dir, addr, "b", 2000, func(n int) bool {
-		return n >= 100 && len(rec.snapshot()) >= 20
+		return n >= 100 && len(seen()) >= 20
 	})
-	seenAtKill := len(rec.snapshot())
+	seenAtKill := len(seen())
 	// 3. Reboot and flush in this process.
 	cfg := testDeviceConfig(t, addr, dir)
 	cfg.DeviceID = "crash-device"
@@ -136,7 +142,7 @@ func TestCrashReboot(t *testing.T) {
 	count := map[string]int{}
 	var firsts []string // first sightings of acknowledged messages, in order
 	dups := 0
-	for _, m := range rec.snapshot() {
+	for _, m := range seen() {
 		p, ok := strings.CutPrefix(m, "sensors/crash=")
 		if !ok || !(strings.HasPrefix(p, "a-") || strings.HasPrefix(p, "b-")) {
 			t.Fatalf("broker saw a message never enqueued: %q", m)

@@ -130,10 +130,9 @@ func Open(cfg DeviceConfig) (*Device, error) {
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
-	// With ConnectRetry the token completes only once connected; publishes
-	// made before then wait in paho's memory store.
-	d.c.Connect()
-	go d.send()
+	// With ConnectRetry the token completes only once connected (or at
+	// Disconnect).
+	go d.send(d.c.Connect())
 	return d, nil
 }
 
@@ -236,8 +235,17 @@ type inflight struct {
 // messages published and acknowledges them in the buffer, in order, as
 // their PUBACKs arrive. On a failed publish it waits RetryInterval and
 // resends from the oldest unacknowledged message.
-func (d *Device) send() {
+//
+// It publishes nothing before the first connection is complete: paho marks
+// a connection up before it resends its store, and a message published in
+// between is sent twice, racing on the same packet (paho v1.5.1).
+func (d *Device) send(connected mqtt.Token) {
 	defer close(d.done)
+	select {
+	case <-d.stop:
+		return
+	case <-connected.Done():
+	}
 	var window []inflight
 	var sent uint64 // highest seq published in the current window
 	retry := time.NewTimer(0)
