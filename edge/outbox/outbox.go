@@ -91,10 +91,13 @@ type Outbox struct {
 	log  *slog.Logger
 	lock *os.File
 
-	wdb    *sql.DB // one connection, used only by the writer goroutine after Open
-	rdb    *sql.DB // read-only pool for Read
-	cdb    *sql.DB // one connection, used only by the checkpointer
-	insert *sql.Stmt
+	wdb    *sql.DB   // one connection, used only by the writer goroutine after Open
+	rdb    *sql.DB   // read-only pool for Read
+	cdb    *sql.DB   // one connection, used only by the checkpointer
+	insert *sql.Stmt // on wdb
+	// readStmt is Read's query on rdb; database/sql keeps it prepared on
+	// each pooled connection.
+	readStmt *sql.Stmt
 
 	// gate orders senders against Close: Append and Ack hold it shared while
 	// they hand work to the writer; Close takes it exclusively to set closed,
@@ -246,6 +249,9 @@ func (o *Outbox) open() error {
 		return fmt.Errorf("outbox: open readers: %w", err)
 	}
 	o.rdb.SetMaxOpenConns(4)
+	if o.readStmt, err = o.rdb.PrepareContext(ctx, readSQL); err != nil {
+		return fmt.Errorf("outbox: prepare read: %w", err)
+	}
 
 	c := url.Values{}
 	c.Add("_pragma", "wal_autocheckpoint(0)")
@@ -459,8 +465,10 @@ func (o *Outbox) Close() error {
 // goes last: as the last connection it checkpoints and removes the WAL.
 func (o *Outbox) closeHandles() error {
 	var errs []error
-	if o.insert != nil {
-		errs = append(errs, o.insert.Close())
+	for _, st := range []*sql.Stmt{o.insert, o.readStmt} {
+		if st != nil {
+			errs = append(errs, st.Close())
+		}
 	}
 	for _, db := range []*sql.DB{o.rdb, o.cdb, o.wdb} {
 		if db != nil {

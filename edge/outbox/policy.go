@@ -131,10 +131,12 @@ func (c *classState) sub(d classState) {
 	c.payload -= d.payload
 }
 
-// sizeSQL is Message.StoredSize computed from a row's columns. Text is cast
-// to BLOB so length counts bytes, not characters, and does not stop at NUL.
-var sizeSQL = `(length(payload) + length(CAST(client_id AS BLOB)) + length(CAST(username AS BLOB))
-	+ length(CAST(topic AS BLOB)) + length(CAST(content_type AS BLOB)) + length(CAST(event_type AS BLOB))
+// sizeSQL is Message.StoredSize computed from a row's columns. octet_length
+// counts a text's bytes, not its characters, does not stop at NUL, and
+// (unlike length of a CAST to BLOB) reads the length from the record header
+// without loading the text.
+var sizeSQL = `(length(payload) + octet_length(client_id) + octet_length(username)
+	+ octet_length(topic) + octet_length(content_type) + octet_length(event_type)
 	+ coalesce(length(user_properties), 0) + ` + strconv.Itoa(RecordOverhead) + `)`
 
 // quotaPlan is the writer's decision for one group, made inside the group's

@@ -2,6 +2,7 @@ package outbox
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 )
 
@@ -25,9 +26,7 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 	if maxRecords <= 0 {
 		maxRecords = DefaultReadRecords
 	}
-	rows, err := o.rdb.QueryContext(context.Background(),
-		`SELECT `+recordColumns+` FROM records WHERE seq > ? ORDER BY seq LIMIT ?`,
-		int64(min(after, 1<<63-1)), maxRecords)
+	rows, err := o.readStmt.QueryContext(context.Background(), int64(min(after, 1<<63-1)), maxRecords)
 	if err != nil {
 		return nil, o.readErr(after, err)
 	}
@@ -35,18 +34,28 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 	var (
 		out   []Record
 		total int
+		// The integer columns are scanned into *any: database/sql assigns
+		// the driver's int64 there directly, where an *int64 destination
+		// goes through reflection.
+		ints  [5]any // seq, qos, retain, priority, received
+		props []byte
 	)
 	for rows.Next() {
-		var (
-			r                     Record
-			seq, qos, retain, pri int64
-			received              int64
-			props                 []byte
-		)
+		var r Record
 		m := &r.Message
-		if err := rows.Scan(&seq, &m.ClientID, &m.Username, &m.Topic, &m.Payload, &qos, &retain,
-			&m.ContentType, &m.EventType, &pri, &received, &props); err != nil {
+		props = props[:0]
+		if err := rows.Scan(&ints[0], &m.ClientID, &m.Username, &m.Topic, &m.Payload, &ints[1], &ints[2],
+			&m.ContentType, &m.EventType, &ints[3], &ints[4], (*sql.RawBytes)(&props)); err != nil {
 			return nil, fmt.Errorf("outbox: read after %d: %w", after, err)
+		}
+		seq, ok0 := ints[0].(int64)
+		qos, ok1 := ints[1].(int64)
+		retain, ok2 := ints[2].(int64)
+		pri, ok3 := ints[3].(int64)
+		received, ok4 := ints[4].(int64)
+		if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 {
+			return nil, fmt.Errorf("%w: after seq %d: integer columns hold %T, %T, %T, %T, %T",
+				ErrCorrupt, after, ints[0], ints[1], ints[2], ints[3], ints[4])
 		}
 		if seq <= 0 || qos < 0 || qos > 2 || retain < 0 || retain > 1 || pri < 0 || pri > 255 {
 			return nil, fmt.Errorf("%w: seq %d: qos %d, retain %d, priority %d", ErrCorrupt, seq, qos, retain, pri)
@@ -64,6 +73,9 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 			break
 		}
 		total += size
+		if out == nil {
+			out = make([]Record, 0, min(maxRecords, DefaultReadRecords))
+		}
 		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {

@@ -49,6 +49,8 @@ const (
 const recordColumns = `seq, client_id, username, topic, payload, qos, retain,
 	content_type, event_type, priority, received, user_properties`
 
+const readSQL = `SELECT ` + recordColumns + ` FROM records WHERE seq > ? ORDER BY seq LIMIT ?`
+
 const insertSQL = `INSERT INTO records (client_id, username, topic, payload, qos,
 	retain, content_type, event_type, priority, received, user_properties)
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
