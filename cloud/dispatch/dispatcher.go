@@ -137,7 +137,8 @@ type Dispatcher struct {
 	subs    map[string]*runner
 	runCtx  context.Context // non-nil while Run runs
 	stopped bool
-	fatal   chan error // first runner failure (log broken)
+	fatal   chan error    // first runner failure (log broken)
+	done    chan struct{} // closed when Run starts stopping (ends Tails)
 }
 
 // New returns a dispatcher that reads from log and keeps its cursors in dir
@@ -157,7 +158,7 @@ func New(log commitlog.Log, dir string, opts Options) (*Dispatcher, error) {
 			}
 		}
 	}
-	d := &Dispatcher{log: log, dir: dir, opts: opts.withDefaults(), subs: map[string]*runner{}, fatal: make(chan error, 1)}
+	d := &Dispatcher{log: log, dir: dir, opts: opts.withDefaults(), subs: map[string]*runner{}, fatal: make(chan error, 1), done: make(chan struct{})}
 	if d.opts.Transport == nil {
 		d.ownTrans = DefaultTransport()
 		d.opts.Transport = d.ownTrans
@@ -326,6 +327,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	d.mu.Lock()
 	d.stopped = true
 	d.runCtx = nil
+	close(d.done)
 	runners := make([]*runner, 0, len(d.subs))
 	for _, r := range d.subs {
 		runners = append(runners, r)
