@@ -1,0 +1,142 @@
+package bench
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tributary-io/tributary/cloud/commitlog"
+)
+
+func init() {
+	Register(Scenario{
+		Name:  "log-topics",
+		Brief: "central-log append throughput with 1, 100, 1,000 and 10,000 topics (200 B and 2 KB records) while a consumer reads every topic",
+		Flags: logTopicsFlags,
+	})
+}
+
+func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]any, error) {
+	dur := fs.Duration("duration", 4*time.Second, "how long each topic count and size is measured")
+	writers := fs.Int("writers", 16, "appending goroutines (group commit shares fsyncs between them)")
+	batch := fs.Int("batch", 64, "records per Append call")
+	consumer := fs.Bool("consumer", true, "run the consumer reading every topic (false isolates the append path)")
+	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
+		dir, err := os.MkdirTemp("", "tributary-bench-logtopics-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		res := map[string]any{"loadavg_before": loadAverage(), "writers": *writers, "batch": *batch, "fsync": true, "consumer": *consumer}
+		rates := map[string]float64{}
+		for _, size := range []int{200, 2048} {
+			for _, topics := range []int{1, 100, 1000, 10000} {
+				r, read, err := runLogTopics(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d", size, topics)), *dur, topics, size, *writers, *batch, *consumer)
+				if err != nil {
+					return nil, err
+				}
+				key := fmt.Sprintf("msgs_per_s_%d_topics_%db", topics, size)
+				rates[key] = r
+				res[key] = round(r)
+				res[fmt.Sprintf("consumer_per_s_%d_topics_%db", topics, size)] = round(read)
+				fmt.Fprintf(progress, "log-topics: %5d topics, %4d B: %8.0f appends/s, consumer %8.0f records/s\n", topics, size, r, read)
+			}
+		}
+		res["ratio_10000_vs_1"] = round2(rates["msgs_per_s_10000_topics_200b"] / rates["msgs_per_s_1_topics_200b"])
+		res["ratio_10000_vs_1_2kb"] = round2(rates["msgs_per_s_10000_topics_2048b"] / rates["msgs_per_s_1_topics_2048b"])
+		res["loadavg_after"] = loadAverage()
+		return res, nil
+	}
+}
+
+func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
+
+// runLogTopics appends to a fresh FileLog from writers goroutines, records
+// spread round-robin over topics, while one consumer reads every topic by
+// its per-topic index. It returns appends/s and records/s read.
+func runLogTopics(ctx context.Context, dir string, dur time.Duration, topics, size, writers, batch int, consume bool) (float64, float64, error) {
+	l, err := commitlog.Open(dir, commitlog.Options{})
+	if err != nil {
+		return 0, 0, err
+	}
+	defer l.Close()
+	names := make([]string, topics)
+	for i := range names {
+		names[i] = "devices/" + strconv.Itoa(i) + "/telemetry"
+	}
+	value := make([]byte, size)
+	for i := range value {
+		value[i] = byte('a' + i%26)
+	}
+	runCtx, stop := context.WithTimeout(ctx, dur)
+	defer stop()
+	var appended, read atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, writers+1)
+	start := time.Now()
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			recs := make([]commitlog.Record, batch)
+			n := w
+			for runCtx.Err() == nil {
+				for i := range recs {
+					recs[i] = commitlog.Record{Topic: names[n%topics], Value: value}
+					n += writers
+				}
+				if _, err := l.Append(context.Background(), recs); err != nil {
+					errc <- err
+					return
+				}
+				appended.Add(int64(batch))
+			}
+		}()
+	}
+	// The consumer: every topic, from its own cursor, by the topic index.
+	wg.Add(1)
+	go func() {
+		if !consume {
+			wg.Done()
+			return
+		}
+		defer wg.Done()
+		cursors := make([]uint64, topics)
+		for runCtx.Err() == nil {
+			progressed := false
+			for i, name := range names {
+				recs, err := l.ReadTopic(name, cursors[i], 256)
+				if err != nil {
+					errc <- fmt.Errorf("ReadTopic %s: %w", name, err)
+					return
+				}
+				if len(recs) > 0 {
+					cursors[i] = recs[len(recs)-1].Offset + 1
+					read.Add(int64(len(recs)))
+					progressed = true
+				}
+				if runCtx.Err() != nil {
+					return
+				}
+			}
+			if !progressed {
+				_ = l.Wait(runCtx, l.NextOffset())
+			}
+		}
+	}()
+	wg.Wait()
+	elapsed := time.Since(start).Seconds()
+	select {
+	case err := <-errc:
+		return 0, 0, err
+	default:
+	}
+	return float64(appended.Load()) / elapsed, float64(read.Load()) / elapsed, nil
+}
