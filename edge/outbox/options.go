@@ -128,6 +128,8 @@ type testHooks struct {
 	// complete but not committed; an error it returns fails the commit (the
 	// transaction is rolled back).
 	beforeCommit func() error
+	// vacuumIdle, when non-zero, replaces the const vacuumIdle.
+	vacuumIdle time.Duration
 }
 
 // Validate reports the first invalid field.

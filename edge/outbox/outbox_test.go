@@ -765,3 +765,59 @@ func TestBackgroundCheckpoint(t *testing.T) {
 		t.Fatalf("checkpoint errors: %+v", st)
 	}
 }
+
+// TestVacuumDeferredDuringDrain: while the outbox still holds more than an
+// Ack chunk, pages freed by Acks are not reclaimed at once (a drain would pay
+// for a vacuum after every Ack) but only once the writer has been idle for
+// the idle delay.
+func TestVacuumDeferredDuringDrain(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		idle time.Duration
+	}{{"busy", time.Hour}, {"idle", time.Millisecond}} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := openT(t, dbPath(t), Options{AckChunkRows: 100, VacuumFreePages: 8, VacuumStepPages: 4,
+				hooks: &testHooks{vacuumIdle: tc.idle}})
+			const n = 1000
+			var wg sync.WaitGroup
+			wg.Add(n)
+			for i := range n {
+				o.Append(Message{Topic: "t", Payload: bytes.Repeat([]byte{byte(i)}, 2000)}, func(_ uint64, err error) {
+					if err != nil {
+						t.Error(err)
+					}
+					wg.Done()
+				})
+			}
+			wg.Wait()
+			if err := o.Ack(n / 2); err != nil {
+				t.Fatal(err)
+			}
+			if tc.idle == time.Hour {
+				// The writer goes idle after the Ack; an append and an
+				// Ack later it has had every chance to vacuum.
+				seq, err := o.AppendWait(context.Background(), Message{Topic: "t"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := o.Ack(n/2 + 1); err != nil {
+					t.Fatal(err)
+				}
+				var free int64
+				if err := o.wdb.QueryRow("PRAGMA freelist_count").Scan(&free); err != nil {
+					t.Fatal(err)
+				}
+				if v := o.Stats().VacuumedPages; v != 0 || free < 8 {
+					t.Fatalf("vacuumed %d pages, %d free, with %d records held (last seq %d)", v, free, o.Stats().Records, seq)
+				}
+				return
+			}
+			if !pollUntil(30*time.Second, func() bool { return o.Stats().VacuumedPages > 0 }) {
+				t.Fatal("the idle writer never reclaimed the freed pages")
+			}
+			if st := o.Stats(); st.Records != n/2 {
+				t.Fatalf("%d records held, want %d", st.Records, n/2)
+			}
+		})
+	}
+}

@@ -84,7 +84,11 @@ func (o *Outbox) run() {
 		defer t.Stop()
 		tick = t.C
 	}
-	idle := time.NewTimer(vacuumIdle) // armed while a vacuum waits for idleness
+	idleAfter := vacuumIdle
+	if h := o.opts.hooks; h != nil && h.vacuumIdle != 0 {
+		idleAfter = h.vacuumIdle
+	}
+	idle := time.NewTimer(idleAfter) // armed while a vacuum waits for idleness
 	idle.Stop()
 	defer idle.Stop()
 	idleArmed := false
@@ -118,7 +122,7 @@ func (o *Outbox) run() {
 				continue
 			}
 			if !idleArmed {
-				idle.Reset(vacuumIdle)
+				idle.Reset(idleAfter)
 				idleArmed = true
 			}
 			idleC = idle.C
