@@ -1,10 +1,24 @@
 // Package devicesdk is the Go library a device uses to talk to a Tributary
 // gateway over MQTT (on eclipse/paho.mqtt.golang).
 //
-// A Client connects with credentials or a client certificate, reconnects on
-// its own, and publishes telemetry with QoS 1: Publish returns only once the
-// gateway acknowledged the message, which with Tributary means the message is
-// committed to the gateway's durable outbox.
+// There are two ways to publish:
+//
+//   - Client (Connect, Publish, PublishEvent) sends directly with QoS 1:
+//     Publish returns only once the gateway acknowledged the message, which
+//     with Tributary means the message is committed to the gateway's durable
+//     outbox. Nothing survives a reboot of the device.
+//   - Device (Open, Enqueue, PublishEvent, Flush, Close) goes through a
+//     durable offline buffer: Enqueue returns once the message is fsync'd to
+//     a journal in DeviceConfig.BufferDir, and a background sender delivers
+//     buffered messages in order, removing each only after the gateway's
+//     PUBACK. It works while the gateway is unreachable, reconnects on its
+//     own, and after a crash or reboot resends whatever was not
+//     acknowledged (at least once: a crash between send and PUBACK can
+//     repeat a message). The buffer is bounded in bytes, with a RejectNew
+//     or DropOldest overflow policy.
+//
+// PublishEvent sends a CloudEvent (cloudevents/sdk-go) in structured JSON
+// mode (ContentTypeStructured), which MQTT 3.1.1 can carry.
 package devicesdk
 
 import (
