@@ -75,6 +75,10 @@ type Answer struct {
 	RetryAfter string
 	// Body is the start of the response body, for error reports.
 	Body string
+	// Permanent marks a failure without an HTTP status that retrying
+	// cannot fix (a NATS sink's payload too large, no JetStream stream for
+	// the subject): the answer is Fatal.
+	Permanent bool
 }
 
 func (a Answer) String() string {
@@ -117,6 +121,8 @@ const (
 // Classify sorts an answer into Delivered, Retriable or Fatal.
 func Classify(a Answer) Class {
 	switch s := a.Status; {
+	case a.Permanent:
+		return Fatal
 	case s == 0:
 		return Retriable
 	case s >= 200 && s < 300:

@@ -122,7 +122,7 @@ type runner struct {
 	cur   *cursorFile
 	state cursorState // as loaded; Epoch is kept for the runner's life
 	fresh bool        // no cursor file existed
-	send  *sender
+	send  deliverer
 	rd    *redriver // shared with the runners before and after this one
 	limit *limiter  // nil without a rate limit
 	sched Schedule
@@ -171,7 +171,7 @@ func newRunner(d *Dispatcher, c *compiled, rd *redriver) (*runner, error) {
 	}
 	r.stats.cursor.Store(st.Offset)
 	r.stats.lowWater.Store(st.Offset)
-	if r.send, err = newSender(c, d.opts.Transport); err != nil {
+	if r.send, err = newDeliverer(c, d.opts.Transport, r.log); err != nil {
 		return nil, err
 	}
 	if c.RateLimit > 0 {
@@ -323,6 +323,7 @@ func (r *runner) run(ctx context.Context) error {
 		cancel(nil)
 	}
 	wg.Wait()
+	r.send.close()
 	r.flush()
 	if err == nil {
 		if cause := context.Cause(inner); cause != nil && !errors.Is(cause, context.Canceled) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -32,6 +33,28 @@ func DefaultTransport() *http.Transport {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
+}
+
+// deliverer makes delivery attempts to one subscription's sink. send never
+// returns an error: a failure is an Answer. close releases what the
+// deliverer holds; the runner calls it when it stops.
+type deliverer interface {
+	send(ctx context.Context, e *event.Event) Answer
+	close()
+}
+
+// Interface guards.
+var (
+	_ deliverer = (*sender)(nil)
+	_ deliverer = (*natsSender)(nil)
+)
+
+// newDeliverer returns the deliverer for c's sink.
+func newDeliverer(c *compiled, rt http.RoundTripper, logger *slog.Logger) (deliverer, error) {
+	if c.nats != nil {
+		return newNATSSender(c, logger), nil
+	}
+	return newSender(c, rt)
 }
 
 // sender posts events to one subscription's sink over sdk-go's HTTP binding.
@@ -66,6 +89,8 @@ func newSender(c *compiled, rt http.RoundTripper) (*sender, error) {
 	}
 	return &sender{proto: p, timeout: c.timeout, structured: c.structured}, nil
 }
+
+func (s *sender) close() {} // the transport is the dispatcher's
 
 // send makes one delivery attempt. It never returns an error: a failure to
 // reach the sink is an Answer with Status 0.

@@ -50,13 +50,16 @@ type Subscription struct {
 	// starting with a dot. It names the cursor file and the default
 	// dead-letter topic. Required.
 	ID string `json:"id" yaml:"id"`
-	// Sink is the absolute http or https URL events are sent to. Required.
+	// Sink is where events are sent: an absolute http or https URL, or a
+	// NATS subject as nats://[user:password@]host:port/subject (add
+	// ?jetstream=true to publish to a JetStream stream and wait for its
+	// acknowledgement; see natsSender). Required.
 	Sink string `json:"sink" yaml:"sink"`
-	// Protocol is the delivery protocol; only "HTTP" is supported.
-	// Empty means HTTP.
+	// Protocol is the delivery protocol, "HTTP" or "NATS"; it must match
+	// the sink's scheme. Empty means the sink's.
 	Protocol string `json:"protocol,omitempty" yaml:"protocol,omitempty"`
-	// ProtocolSettings tune the HTTP binding. The zero value sends POST in
-	// binary mode with a 10 s timeout and no extra headers.
+	// ProtocolSettings tune the binding. The zero value sends (HTTP: POSTs)
+	// in binary mode with a 10 s timeout and no extra headers.
 	ProtocolSettings HTTPSettings `json:"protocol_settings,omitzero" yaml:"protocol_settings,omitempty"`
 	// Filters select events: all must match. Empty means every event.
 	// Records whose topic starts with "$" (dead letters, other internal
@@ -127,6 +130,12 @@ type HTTPSettings struct {
 	// Zero means 10 s; at most 10 minutes.
 	Timeout Duration `json:"timeout,omitempty" yaml:"timeout,omitempty"`
 }
+
+// Protocols.
+const (
+	ProtocolHTTP = "HTTP"
+	ProtocolNATS = "NATS"
+)
 
 // Content modes.
 const (
@@ -241,6 +250,7 @@ type compiled struct {
 	maxDelay    time.Duration
 	rateBurst   int          // with RateLimit > 0
 	transform   *transformer // nil: none
+	nats        *natsTarget  // a nats:// sink; nil for HTTP
 }
 
 func (s *Subscription) compile() (*compiled, error) {
@@ -253,15 +263,25 @@ func (s *Subscription) compile() (*compiled, error) {
 		return nil, fieldErr("sink", "required")
 	case err != nil:
 		return nil, &FieldError{Field: "sink", Err: err}
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fieldErr("sink", "scheme must be http or https, not %q", u.Scheme)
+	case u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "nats":
+		return nil, fieldErr("sink", "scheme must be http, https or nats, not %q", u.Scheme)
 	case u.Host == "":
 		return nil, fieldErr("sink", "URL has no host")
 	}
-	if s.Protocol != "" && s.Protocol != "HTTP" {
-		return nil, fieldErr("protocol", "only HTTP is supported, not %q", s.Protocol)
-	}
 	c := &compiled{Subscription: *s}
+	isNATS := u.Scheme == "nats"
+	switch {
+	case s.Protocol == "" || s.Protocol == ProtocolHTTP && !isNATS || s.Protocol == ProtocolNATS && isNATS:
+	case s.Protocol == ProtocolHTTP || s.Protocol == ProtocolNATS:
+		return nil, fieldErr("protocol", "%s does not match the sink's scheme %q", s.Protocol, u.Scheme)
+	default:
+		return nil, fieldErr("protocol", "must be HTTP or NATS, not %q", s.Protocol)
+	}
+	if isNATS {
+		if c.nats, err = parseNATSSink(u); err != nil {
+			return nil, &FieldError{Field: "sink", Err: err}
+		}
+	}
 	ps := s.ProtocolSettings
 	switch ps.Mode {
 	case "", ModeBinary:
@@ -271,7 +291,11 @@ func (s *Subscription) compile() (*compiled, error) {
 		return nil, fieldErr("protocol_settings.mode", "must be binary or structured, not %q", ps.Mode)
 	}
 	switch ps.Method {
-	case "", "POST", "PUT":
+	case "":
+	case "POST", "PUT":
+		if isNATS {
+			return nil, fieldErr("protocol_settings.method", "a NATS sink has no method")
+		}
 	default:
 		return nil, fieldErr("protocol_settings.method", "must be POST or PUT, not %q", ps.Method)
 	}

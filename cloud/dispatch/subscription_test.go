@@ -35,7 +35,7 @@ func TestValidate(t *testing.T) {
 		{"sink relative", func(s *Subscription) { s.Sink = "/hook" }, "sink", "scheme"},
 		{"sink no host", func(s *Subscription) { s.Sink = "http:///hook" }, "sink", "no host"},
 		{"sink unparsable", func(s *Subscription) { s.Sink = "http://[::1" }, "sink", ""},
-		{"protocol", func(s *Subscription) { s.Protocol = "MQTT5" }, "protocol", "only HTTP"},
+		{"protocol", func(s *Subscription) { s.Protocol = "MQTT5" }, "protocol", "must be HTTP or NATS"},
 		{"mode", func(s *Subscription) { s.ProtocolSettings.Mode = "batch" }, "protocol_settings.mode", "binary or structured"},
 		{"method", func(s *Subscription) { s.ProtocolSettings.Method = "GET" }, "protocol_settings.method", "POST or PUT"},
 		{"ce header", func(s *Subscription) { s.ProtocolSettings.Headers = map[string]string{"Ce-Id": "x"} }, "protocol_settings.headers.Ce-Id", "binding"},
