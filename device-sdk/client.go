@@ -55,6 +55,21 @@ type Config struct {
 	ReconnectInterval time.Duration
 }
 
+// Validate reports a missing Broker or DeviceID or a negative duration, as
+// an error wrapping ErrConfig.
+func (cfg Config) Validate() error {
+	if cfg.Broker == "" {
+		return fmt.Errorf("%w: Broker is required", ErrConfig)
+	}
+	if cfg.DeviceID == "" {
+		return fmt.Errorf("%w: DeviceID is required", ErrConfig)
+	}
+	if cfg.ConnectTimeout < 0 || cfg.KeepAlive < 0 || cfg.ReconnectInterval < 0 {
+		return fmt.Errorf("%w: negative duration", ErrConfig)
+	}
+	return nil
+}
+
 // ErrConfig marks an invalid Config.
 var ErrConfig = errors.New("devicesdk: invalid config")
 
@@ -68,11 +83,8 @@ type Client struct {
 // after a connection loss. It returns when the first connection is up or ctx
 // ends.
 func Connect(ctx context.Context, cfg Config) (*Client, error) {
-	if cfg.Broker == "" {
-		return nil, fmt.Errorf("%w: Broker is required", ErrConfig)
-	}
-	if cfg.DeviceID == "" {
-		return nil, fmt.Errorf("%w: DeviceID is required", ErrConfig)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	c := mqtt.NewClient(clientOptions(cfg))
 	tok := c.Connect()

@@ -42,6 +42,24 @@ type DeviceConfig struct {
 	Logger *slog.Logger
 }
 
+// Validate checks the embedded Config and reports a missing BufferDir, a
+// negative limit or an unknown Overflow, as an error wrapping ErrConfig.
+func (cfg DeviceConfig) Validate() error {
+	if err := cfg.Config.Validate(); err != nil {
+		return err
+	}
+	if cfg.BufferDir == "" {
+		return fmt.Errorf("%w: BufferDir is required", ErrConfig)
+	}
+	if cfg.MaxBufferBytes < 0 || cfg.MaxInflight < 0 || cfg.RetryInterval < 0 {
+		return fmt.Errorf("%w: negative limit", ErrConfig)
+	}
+	if cfg.Overflow != RejectNew && cfg.Overflow != DropOldest {
+		return fmt.Errorf("%w: unknown overflow policy %d", ErrConfig, cfg.Overflow)
+	}
+	return nil
+}
+
 // Stats are a Device's buffer counters since Open (Buffered and
 // BufferedBytes are current values, including messages replayed from disk).
 type Stats struct {
@@ -91,20 +109,8 @@ type Device struct {
 // unacknowledged, and starts connecting to the gateway in the background. It
 // does not wait for the gateway: a device can buffer while offline.
 func Open(cfg DeviceConfig) (*Device, error) {
-	if cfg.Broker == "" {
-		return nil, fmt.Errorf("%w: Broker is required", ErrConfig)
-	}
-	if cfg.DeviceID == "" {
-		return nil, fmt.Errorf("%w: DeviceID is required", ErrConfig)
-	}
-	if cfg.BufferDir == "" {
-		return nil, fmt.Errorf("%w: BufferDir is required", ErrConfig)
-	}
-	if cfg.MaxBufferBytes < 0 || cfg.MaxInflight < 0 || cfg.RetryInterval < 0 {
-		return nil, fmt.Errorf("%w: negative limit", ErrConfig)
-	}
-	if cfg.Overflow != RejectNew && cfg.Overflow != DropOldest {
-		return nil, fmt.Errorf("%w: unknown overflow policy %d", ErrConfig, cfg.Overflow)
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
 	if cfg.MaxBufferBytes == 0 {
 		cfg.MaxBufferBytes = 64 << 20

@@ -317,3 +317,24 @@ func TestPublishEventStructuredJSON(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceConfigRejected(t *testing.T) {
+	ok := DeviceConfig{Config: Config{Broker: "tcp://127.0.0.1:1", DeviceID: "d"}, BufferDir: t.TempDir()}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("valid config: %v", err)
+	}
+	for name, mut := range map[string]func(*DeviceConfig){
+		"no broker":      func(c *DeviceConfig) { c.Broker = "" },
+		"no device":      func(c *DeviceConfig) { c.DeviceID = "" },
+		"no buffer dir":  func(c *DeviceConfig) { c.BufferDir = "" },
+		"negative bytes": func(c *DeviceConfig) { c.MaxBufferBytes = -1 },
+		"negative keep":  func(c *DeviceConfig) { c.KeepAlive = -1 },
+		"bad policy":     func(c *DeviceConfig) { c.Overflow = 7 },
+	} {
+		cfg := ok
+		mut(&cfg)
+		if _, err := Open(cfg); !errors.Is(err, ErrConfig) {
+			t.Errorf("%s: Open = %v, want ErrConfig", name, err)
+		}
+	}
+}
