@@ -58,7 +58,9 @@ type Options struct {
 
 	// VacuumFreePages is the count of free pages (left by Acks) at which the
 	// writer, when idle, starts returning them to the file system with
-	// incremental_vacuum; it then continues until none are left. 0 means
+	// incremental_vacuum; it then continues until none are left. While the
+	// outbox holds more than AckChunkRows seqs, the writer waits until it has
+	// been idle for half a second (a drain's Acks keep it busy). 0 means
 	// 1024 pages; a negative value disables reclaiming (freed pages are
 	// still reused by later appends).
 	VacuumFreePages int

@@ -56,7 +56,8 @@
 //   - the writer (run): the only user of wdb; commits groups (enforcing the
 //     quota inside each group's transaction, see policy.go), deletes acked
 //     and expired records in bounded chunks, and when idle returns freed
-//     pages to the file system with incremental_vacuum.
+//     pages to the file system with incremental_vacuum (deferred while a
+//     drain is under way, see vacuumDue).
 //   - the checkpointer (checkpointLoop): the only user of cdb.
 //   - callers: Append/AppendWait/Ack send to the writer under gate (shared);
 //     Read uses the rdb pool; Wait and Stats read mu-guarded state.
@@ -408,8 +409,10 @@ func (o *Outbox) enqueue(ctx context.Context, m Message, done func(uint64, error
 // It returns after the deletion committed. Acks are idempotent: an upTo at
 // or below an earlier one returns nil at once. An upTo above the last
 // committed seq fails with ErrAckAhead and deletes nothing. Freed space is
-// reused by later appends and, when the writer is idle, returned to the file
-// system in bounded steps.
+// reused by later appends and returned to the file system in bounded steps
+// once the outbox holds no more than an Ack chunk (Options.AckChunkRows) of
+// seqs or the writer has been idle for half a second, so a drain does not
+// pay for reclaiming after every Ack.
 func (o *Outbox) Ack(upTo uint64) error {
 	req := ackReq{upTo: upTo, reply: make(chan error, 1)}
 	o.gate.RLock()
