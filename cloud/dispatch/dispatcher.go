@@ -1,5 +1,5 @@
-// Package dispatch pushes the central log's events to subscribers' HTTP sinks
-// as CloudEvents (contract 5 of DESIGN.md).
+// Package dispatch pushes the central log's events to subscribers' sinks
+// (HTTP webhooks, NATS subjects) as CloudEvents (contract 5 of DESIGN.md).
 //
 // A Dispatcher runs subscriptions independently of each other: each has its
 // own reader over the log, its own lanes, retry timers and durable cursor, so
@@ -14,14 +14,29 @@
 // the log. After a crash, delivery resumes at the last durable cursor, so
 // events after it may be delivered again (same id); none is skipped.
 //
-// Goroutines and locks: Dispatcher.mu guards the subscription table and the
-// run state, and is never held while waiting for a runner to stop. Each
-// runner owns a reader goroutine, its lane goroutines and a cursor flusher.
-// The reader hands events to the lanes through queues (one per ordered lane,
-// one shared by the unordered workers), each with its own mutex; completions
-// go to the tracker (its own mutex), which computes the cursor; counters are
-// atomics, the last error sits under counters.mu, and runner.mu only guards
-// starting and stopping. No goroutine holds two of these locks at once.
+// Around that core: dead letters can be listed (DeadLetters) and sent again
+// (Redrive, redrive.go); a subscription's cursor can be moved to an offset or
+// a time (Replay); events can be delayed (the deliverat extension, the delay
+// setting) and a subscription rate-limited (schedule.go); a transformation in
+// CEL can reshape events before they are sent (transform.go); and Tail reads
+// the log as a pull consumer for the streaming API.
+//
+// Goroutines and locks: Dispatcher.admin serialises the calls that replace a
+// runner (Add, Update, Remove, Replay, Redrive) and is taken before
+// Dispatcher.mu, which guards the subscription table and the run state and
+// is never held while waiting for a runner to stop. A subscription's redrive
+// state has its own mutex (redriver.mu), taken with neither admin nor mu
+// held, or after admin only. Each runner owns a reader goroutine, its lane
+// goroutines, a cursor flusher and a redrive loop (with its own lanes,
+// started on first use); unordered subscriptions add a delay-queue
+// goroutine. The reader hands events to the lanes through queues (one per
+// ordered lane, one shared by the unordered workers), each with its own
+// mutex; completions go to the tracker (its own mutex), which computes the
+// cursor; counters are atomics, the last error sits under counters.mu,
+// runner.mu only guards starting and stopping, and the rate limiter has its
+// own mutex held only to take a reservation. Apart from admin before mu and
+// mu before runner.mu (starting a runner), no goroutine holds two of these
+// locks at once.
 package dispatch
 
 import (

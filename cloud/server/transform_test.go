@@ -7,9 +7,9 @@ import (
 	"testing"
 )
 
-// TestSubscriptionSettingsThroughAPI: transformation, delay and rate-limit
-// settings are validated at create time with the field and position in the
-// 400, and a valid transformation reshapes what the sink gets.
+// TestSubscriptionSettingsThroughAPI: transformation, delay, rate-limit and
+// sink settings are validated at create time with the field (and position)
+// in the 400, and a valid transformation reshapes what the sink gets.
 func TestSubscriptionSettingsThroughAPI(t *testing.T) {
 	sink := newCESink(t, nil)
 	s := startServer(t, t.TempDir(), testTokens)
@@ -24,8 +24,14 @@ func TestSubscriptionSettingsThroughAPI(t *testing.T) {
 		{map[string]any{"rate_limit": -5}, []string{"rate_limit"}},
 		{map[string]any{"delay": "-1s"}, []string{"delay"}},
 		{map[string]any{"max_delay": 5}, []string{"duration must be a string"}},
+		{map[string]any{"sink": "ftp://127.0.0.1/x"}, []string{"sink", "scheme"}},
+		{map[string]any{"sink": "nats://127.0.0.1:4222/a.*"}, []string{"sink", "wildcards"}},
+		{map[string]any{"sink": "nats://127.0.0.1:4222"}, []string{"sink", "subject"}},
 	} {
-		tc.body["id"], tc.body["sink"] = "bad", sink.URL
+		tc.body["id"] = "bad"
+		if tc.body["sink"] == nil {
+			tc.body["sink"] = sink.URL
+		}
 		st, b := call(t, s, "POST", "/v1/subscriptions", writeTok, tc.body)
 		msg, _ := b["error"].(string)
 		for _, w := range tc.want {
