@@ -58,9 +58,9 @@ import (
 // index (an entry every Options.IndexIntervalBytes) from offset to file
 // position and to the running maximum of record times; a read seeks to the
 // nearest entry and scans. A topic index (topicindex.go) maps each topic to
-// its offsets. Both live in memory and are rebuilt on Open by scanning the
-// segments, which also verifies every checksum: Open reads the whole
-// retained log.
+// its offsets. Both live in memory; Open rebuilds them from the snapshots
+// saved when segments were closed and a scan of the active segment (see
+// snapshot.go).
 //
 // # Locking
 //
@@ -86,6 +86,7 @@ type FileLog struct {
 	retentionQueued atomic.Bool
 	stats           counters
 	pre             *preparer // nil when Options.NoPreallocate
+	scanned, loaded int       // segments Open scanned, and loaded from snapshots
 
 	mu       sync.Mutex
 	closed   bool

@@ -95,11 +95,12 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		MaxGroupBytes:      200 + rng.IntN(5000),
 		Logger:             slog.New(&r.cuts),
 		NoPreallocate:      rng.IntN(3) == 0,
+		VerifyOnOpen:       rng.IntN(3) == 0,
 	}
 	if rng.IntN(2) == 0 {
 		r.opts.RetentionBytes = int64(2000 + rng.IntN(10000))
 	}
-	t.Logf("options: segment %d, index %d, group %d, retention %d, no preallocation %v", r.opts.SegmentBytes, r.opts.IndexIntervalBytes, r.opts.MaxGroupBytes, r.opts.RetentionBytes, r.opts.NoPreallocate)
+	t.Logf("options: segment %d, index %d, group %d, retention %d, no preallocation %v, verify on open %v", r.opts.SegmentBytes, r.opts.IndexIntervalBytes, r.opts.MaxGroupBytes, r.opts.RetentionBytes, r.opts.NoPreallocate, r.opts.VerifyOnOpen)
 	r.fl = r.open()
 	r.m = NewMemory(r.c.Now)
 	defer func() { r.fl.Close() }()

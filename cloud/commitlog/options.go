@@ -34,6 +34,13 @@ type Options struct {
 	// disk beyond the data and a second write of every byte.
 	NoPreallocate bool
 
+	// VerifyOnOpen makes Open read every segment and verify every record's
+	// checksum, as a full recovery does, instead of loading the snapshots
+	// of closed segments (see snapshot.go); damage in a closed segment then
+	// fails Open rather than the read that meets it. Default false: Open
+	// reads the active segment and a few bytes of each closed one.
+	VerifyOnOpen bool
+
 	// IndexIntervalBytes is the spacing of the sparse in-memory offset and
 	// time index: a read seeks to the nearest entry at or before its offset
 	// and scans at most about this many bytes. The index costs 16 bytes per

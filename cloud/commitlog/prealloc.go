@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Segment preallocation.
@@ -57,6 +58,9 @@ const (
 	// pieces rather than one burst that appends' fsyncs would queue behind.
 	zeroChunk     = 1 << 20
 	zeroSyncEvery = 8 << 20
+	// directAlign is the buffer, offset and size alignment O_DIRECT needs
+	// (a page covers every common logical block size).
+	directAlign = 4096
 )
 
 var errPreparerStopped = errors.New("commitlog: preparer stopped")
@@ -101,7 +105,12 @@ func (p *preparer) request() {
 
 func (p *preparer) run() {
 	defer close(p.done)
-	zero := make([]byte, min(zeroChunk, p.size))
+	// Aligned for O_DIRECT.
+	zero := make([]byte, zeroChunk+directAlign)
+	if off := int(uintptr(unsafe.Pointer(&zero[0])) % directAlign); off != 0 {
+		zero = zero[directAlign-off:]
+	}
+	zero = zero[:min(zeroChunk, p.size)]
 	for {
 		select {
 		case <-p.stop:
@@ -124,10 +133,21 @@ func (p *preparer) run() {
 	}
 }
 
-// prepare writes a whole spare.
+// prepare writes a whole spare. It writes around the page cache (O_DIRECT)
+// when the file system allows it and the size is a multiple of its
+// alignment: zero-filling through the cache cost about a fifth of the
+// ingest server's CPU in the log-append benchmark (copying zeros into pages
+// nobody reads, then evicting them).
 func (p *preparer) prepare(zero []byte) (err error) {
 	tmp := filepath.Join(p.dir, spareTmp)
-	f, err := p.fs.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	flag := os.O_RDWR | os.O_CREATE | os.O_TRUNC
+	var f File
+	if directIO != 0 && p.size%directAlign == 0 {
+		f, err = p.fs.OpenFile(tmp, flag|directIO, 0o644)
+	}
+	if f == nil { // not tried, or refused (tmpfs has no O_DIRECT)
+		f, err = p.fs.OpenFile(tmp, flag, 0o644)
+	}
 	if err != nil {
 		return err
 	}

@@ -13,13 +13,17 @@ import (
 
 // Open opens (creating if needed) the log in dir and recovers it.
 //
-// Recovery scans every segment and verifies every checksum, rebuilding the
-// offset, time and topic indexes and the producers' high-water marks (from
-// the checkpoint plus the records). A bad frame at the end of the last
-// segment is a torn write from a crash (it was never acknowledged): it is cut
-// off and the cut fsync'd. A bad frame anywhere else means acknowledged data
-// is damaged: Open returns an error wrapping ErrCorrupt that names the file
-// and byte position, and changes nothing.
+// Recovery rebuilds the offset, time and topic indexes and the producers'
+// high-water marks (from the checkpoint plus the records above it). It
+// loads closed segments from the snapshots written when they were closed
+// and scans the rest, verifying every checksum (see snapshot.go for when a
+// snapshot is used; Options.VerifyOnOpen scans everything). A bad frame at
+// the end of the last segment is a torn write from a crash (it was never
+// acknowledged): it is cut off and the cut fsync'd. Zeros from a bad frame
+// to the end of a file are unused preallocated space (prealloc.go). Any
+// other bad frame a scan meets means acknowledged data is damaged: Open
+// returns an error wrapping ErrCorrupt that names the file and byte
+// position, and changes nothing.
 //
 // How a torn tail is told from damage in the last segment: after the first
 // bad frame, Open looks for a later valid frame (the right version byte, an
@@ -66,7 +70,8 @@ func Open(dir string, opts Options) (*FileLog, error) {
 	}
 	l.log.Info("commitlog: opened", "dir", dir, "segments", len(l.segments),
 		"first_offset", l.segments[0].base, "next_offset", l.next, "bytes", l.bytes,
-		"producers", len(l.hwm), "topics", len(l.topics), "took", time.Since(start))
+		"producers", len(l.hwm), "topics", len(l.topics), "segments_scanned", l.scanned, "snapshots_loaded", l.loaded,
+		"took", time.Since(start))
 	go l.w.run()
 	go l.retentionLoop()
 	if l.pre != nil {
@@ -96,7 +101,7 @@ func (l *FileLog) recover() error {
 	if err != nil {
 		return fmt.Errorf("commitlog: open: %w", err)
 	}
-	var bases []uint64
+	var bases, snapshots []uint64
 	for _, e := range entries {
 		name := e.Name()
 		if name == checkpointName+".tmp" {
@@ -108,8 +113,19 @@ func (l *FileLog) recover() error {
 		if base, ok := parseSegmentName(name); ok && e.Type().IsRegular() {
 			bases = append(bases, base)
 		}
+		if base, ok := parseBaseName(name, snapshotExt); ok {
+			snapshots = append(snapshots, base)
+		}
 	}
 	slices.Sort(bases)
+	for _, base := range snapshots {
+		if _, found := slices.BinarySearch(bases, base); !found {
+			// Its segment is gone (retention removes the segment first).
+			if err := l.fs.Remove(filepath.Join(l.dir, snapshotName(base))); err != nil {
+				return fmt.Errorf("commitlog: open: remove orphan snapshot: %w", err)
+			}
+		}
+	}
 
 	ckpt, hasCkpt, err := readCheckpoint(l.fs, l.dir)
 	if err != nil {
@@ -152,8 +168,21 @@ func (l *FileLog) recover() error {
 		}
 		s := newSegment(l.dir, base, f, runMax)
 		l.segments = append(l.segments, s)
-		if err := l.recoverSegment(s, i == len(bases)-1, &runMax, &buf); err != nil {
-			return err
+		last := i == len(bases)-1
+		used, valid := false, false
+		if !last {
+			used, valid = l.useSnapshot(s, ckpt.validUpTo, &runMax)
+		}
+		if used {
+			l.loaded++
+		} else {
+			if err := l.recoverSegment(s, last, &runMax, &buf); err != nil {
+				return err
+			}
+			l.scanned++
+			if !last && !valid {
+				l.writeSnapshot(s)
+			}
 		}
 		l.bytes += s.size
 		next = s.next
@@ -191,6 +220,35 @@ func (l *FileLog) recover() error {
 		}
 	}
 	return nil
+}
+
+// useSnapshot loads closed segment s from its snapshot if it has a valid
+// one and the checkpoint covers its records' high-water marks (otherwise
+// the segment must be scanned for them). valid reports a valid snapshot,
+// used or not.
+func (l *FileLog) useSnapshot(s *segment, validUpTo uint64, runMax *int64) (used, valid bool) {
+	st, err := s.f.Stat()
+	if err != nil {
+		return false, false // the scan reports it
+	}
+	sn, err := l.loadSnapshot(s, st.Size())
+	if err != nil {
+		l.log.Warn("commitlog: segment snapshot not used; scanning the segment", "file", s.path, "err", err)
+		return false, false
+	}
+	if sn == nil || l.opts.VerifyOnOpen || sn.next > validUpTo {
+		return false, sn != nil
+	}
+	s.size, s.next, s.index = sn.size, sn.next, sn.index
+	*runMax = max(*runMax, sn.runMax)
+	s.runMax = *runMax
+	for _, t := range sn.topics {
+		to := l.topics.get(t.name)
+		for _, off := range t.offsets {
+			to.add(off)
+		}
+	}
+	return true, true
 }
 
 // recoverSegment scans s, indexing its records; see Open for how a bad

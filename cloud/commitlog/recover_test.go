@@ -209,6 +209,10 @@ func copyDir(t *testing.T, from, to string) {
 	}
 }
 
+// TestCorruptionIsReported damages acknowledged records. Damage in the
+// active segment, or that changes a closed segment's size or last frame,
+// fails Open; damage inside a closed segment is found by Open only with
+// VerifyOnOpen, and otherwise by the read that meets it.
 func TestCorruptionIsReported(t *testing.T) {
 	opts := Options{SegmentBytes: 1500, IndexIntervalBytes: 200, NoPreallocate: true}
 	base := t.TempDir()
@@ -226,36 +230,49 @@ func TestCorruptionIsReported(t *testing.T) {
 		file string
 		edit func(b []byte) []byte
 		pos  int64
+		// inside: inside a closed segment, seen only by a full scan
+		inside bool
 	}{
-		{"bit flip in an old segment's value", first, func(b []byte) []byte { b[firstStarts[2]+40] ^= 1; return b }, firstStarts[2]},
-		{"old segment cut short", first, func(b []byte) []byte { return b[:len(b)-5] }, firstStarts[len(firstStarts)-1]},
-		{"bit flip in the middle of the last segment", last, func(b []byte) []byte { b[lastStarts[1]+30] ^= 0x10; return b }, lastStarts[1]},
-		{"length of a middle record damaged", last, func(b []byte) []byte { b[lastStarts[1]+2] = 0x7f; return b }, lastStarts[1]},
-		{"zeroed header in the middle", last, func(b []byte) []byte { copy(b[lastStarts[1]:], make([]byte, 8)); return b }, lastStarts[1]},
+		{"bit flip in an old segment's value", first, func(b []byte) []byte { b[firstStarts[2]+40] ^= 1; return b }, firstStarts[2], true},
+		{"bit flip in an old segment's last record", first, func(b []byte) []byte { b[len(b)-3] ^= 1; return b }, firstStarts[len(firstStarts)-1], false},
+		{"old segment cut short", first, func(b []byte) []byte { return b[:len(b)-5] }, firstStarts[len(firstStarts)-1], false},
+		{"bit flip in the middle of the last segment", last, func(b []byte) []byte { b[lastStarts[1]+30] ^= 0x10; return b }, lastStarts[1], false},
+		{"length of a middle record damaged", last, func(b []byte) []byte { b[lastStarts[1]+2] = 0x7f; return b }, lastStarts[1], false},
+		{"zeroed header in the middle", last, func(b []byte) []byte { copy(b[lastStarts[1]:], make([]byte, 8)); return b }, lastStarts[1], false},
 	}
 	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			dir := t.TempDir()
-			copyDir(t, base, dir)
-			path := filepath.Join(dir, filepath.Base(tc.file))
-			modifyFile(t, path, tc.edit)
-			before, _ := os.ReadFile(path)
-			l, err := Open(dir, opts)
-			if err == nil {
-				l.Close()
-				t.Fatal("Open succeeded on a damaged log")
-			}
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("Open: %v, want ErrCorrupt", err)
-			}
-			if !strings.Contains(err.Error(), filepath.Base(tc.file)) || !strings.Contains(err.Error(), fmt.Sprintf("byte %d", tc.pos)) {
-				t.Fatalf("error does not name the file and position (%s, byte %d): %v", filepath.Base(tc.file), tc.pos, err)
-			}
-			after, _ := os.ReadFile(path)
-			if !bytes.Equal(before, after) {
-				t.Fatal("Open changed a corrupt file")
-			}
-		})
+		for _, verify := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/verify=%v", tc.name, verify), func(t *testing.T) {
+				dir := t.TempDir()
+				copyDir(t, base, dir)
+				path := filepath.Join(dir, filepath.Base(tc.file))
+				modifyFile(t, path, tc.edit)
+				before, _ := os.ReadFile(path)
+				o := opts
+				o.VerifyOnOpen = verify
+				l, err := Open(dir, o)
+				if tc.inside && !verify {
+					if err != nil {
+						t.Fatalf("Open: %v; damage inside a closed segment should be left to reads", err)
+					}
+					defer l.Close()
+					_, err = l.Read(0, 100, 1<<20)
+				} else if err == nil {
+					l.Close()
+					t.Fatal("Open succeeded on a damaged log")
+				}
+				if !errors.Is(err, ErrCorrupt) {
+					t.Fatalf("got %v, want ErrCorrupt", err)
+				}
+				if !strings.Contains(err.Error(), filepath.Base(tc.file)) || !strings.Contains(err.Error(), fmt.Sprintf("byte %d", tc.pos)) {
+					t.Fatalf("error does not name the file and position (%s, byte %d): %v", filepath.Base(tc.file), tc.pos, err)
+				}
+				after, _ := os.ReadFile(path)
+				if !bytes.Equal(before, after) {
+					t.Fatal("Open changed a corrupt file")
+				}
+			})
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package commitlog
 
 import (
 	"errors"
+	"io/fs"
+	"path/filepath"
 	"time"
 )
 
@@ -59,6 +61,10 @@ func (w *writer) enforceRetention() error {
 			l.log.Warn("commitlog: retention could not remove a segment", "file", s.path, "err", err)
 		} else if err := l.fs.SyncDir(l.dir); err != nil {
 			l.log.Warn("commitlog: retention could not fsync the directory", "dir", l.dir, "err", err)
+		}
+		// After the segment: a snapshot left alone is removed by Open.
+		if err := l.fs.Remove(filepath.Join(l.dir, snapshotName(s.base))); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			l.log.Warn("commitlog: retention could not remove a segment snapshot", "base", s.base, "err", err)
 		}
 		l.log.Info("commitlog: retention removed a segment", "file", s.path, "expired", expired, "over_size", over, "first_offset", first)
 		removed = true

@@ -20,8 +20,12 @@ const segmentExt = ".log"
 func segmentName(base uint64) string { return fmt.Sprintf("%020d%s", base, segmentExt) }
 
 // parseSegmentName returns the base offset of a segment file name.
-func parseSegmentName(name string) (uint64, bool) {
-	s, ok := strings.CutSuffix(name, segmentExt)
+func parseSegmentName(name string) (uint64, bool) { return parseBaseName(name, segmentExt) }
+
+// parseBaseName returns the base offset of a segment's file with
+// extension ext.
+func parseBaseName(name, ext string) (uint64, bool) {
+	s, ok := strings.CutSuffix(name, ext)
 	if !ok || len(s) != 20 {
 		return 0, false
 	}

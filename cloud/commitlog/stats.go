@@ -17,9 +17,9 @@ type Stats struct {
 	// Appends counts Append and AppendAsync calls completed, successfully
 	// or not; Failures those that returned an error. Counters.
 	Appends, Failures uint64
-	// Groups counts group commits: one write and one fsync for the appends
-	// the writer found queued together. Appended/Groups is the mean group
-	// size. Counter.
+	// Groups counts group commits that wrote records: one write and one
+	// fsync for the appends the writer found queued together.
+	// Appended/Groups is the mean group size. Counter.
 	Groups uint64
 	// FsyncSeconds is the latency of the segment fsyncs that make groups
 	// durable.

@@ -34,13 +34,16 @@ type offsetBlock struct {
 	deltas      []byte
 }
 
-func (ti topicIndex) add(topic string, off uint64) {
+func (ti topicIndex) add(topic string, off uint64) { ti.get(topic).add(off) }
+
+// get returns topic's offsets, adding the topic if it is new.
+func (ti topicIndex) get(topic string) *topicOffsets {
 	t := ti[topic]
 	if t == nil {
 		t = &topicOffsets{}
 		ti[topic] = t
 	}
-	t.add(off)
+	return t
 }
 
 // addBytes is add for a topic decoded from a record: the name is only

@@ -116,6 +116,7 @@ type writer struct {
 	topicAdds []topicAdd
 	hwmAdds   []hwmAdd
 	rolled    bool
+	closed    []*segment // closed by rolls, snapshots not yet written
 }
 
 // piece is what a group adds to one segment.
@@ -153,7 +154,13 @@ func (w *writer) run() {
 		}
 		w.commit(group)
 		if w.rolled && w.failed == nil {
+			// The closed segments are published whole now.
 			w.rolled = false
+			for _, s := range w.closed {
+				w.l.writeSnapshot(s)
+			}
+			clear(w.closed)
+			w.closed = w.closed[:0]
 			_ = w.enforceRetention()
 		}
 	}
@@ -234,7 +241,9 @@ func (w *writer) commit(group []*request) {
 	}
 	w.publish()
 	st := &l.stats
-	st.groups.Add(1)
+	if len(w.pieces) > 0 {
+		st.groups.Add(1)
+	}
 	for _, r := range group {
 		st.appends.Add(1)
 		if r.err != nil {
@@ -310,6 +319,7 @@ func (w *writer) roll() error {
 			l.log.Warn("commitlog: could not truncate a closed segment's unused space", "file", old.path, "err", err)
 		}
 	}
+	w.closed = append(w.closed, w.active)
 	s := newSegment(l.dir, base, f, w.runMax)
 	s.prealloc = prealloc
 	l.stats.rolls.Add(1)
