@@ -185,6 +185,18 @@ deb() {
 	grep -q '^drwxr-xr-x root/root .* \./$' <<<"$contents" || die "$out: its ./ entry is not 0755 root/root"
 	grep -q "^-rwxr-xr-x root/root .* ./usr/bin/$pkg\$" <<<"$contents" || die "$out: no root-owned executable /usr/bin/$pkg"
 	[ "$(dpkg-deb -I "$out" conffiles)" = "/etc/tributary/$part.yaml" ] || die "$out: conffiles wrong"
+	# systemd's own check of the unit, against the package's files (and the
+	# host's targets, which the unit refers to).
+	if command -v systemd-analyze >/dev/null && [ -d /lib/systemd/system ]; then
+		local sa
+		sa=$(mktemp -d)
+		dpkg-deb -x "$out" "$sa"
+		cp -a /lib/systemd/system/*.target /lib/systemd/system/*.slice "$sa/lib/systemd/system/" 2>/dev/null || true
+		local complaints
+		complaints=$(systemd-analyze verify --root="$sa" "$pkg.service" 2>&1) || die "systemd-analyze verify $pkg.service: $complaints"
+		[ -z "$complaints" ] || die "systemd-analyze verify $pkg.service: $complaints"
+		rm -rf "$sa"
+	fi
 	say "packaged $(basename "$out") ($(du -h "$out" | cut -f1))"
 }
 deb edge arm64 "$DIST/bin/tributary-edge-linux-arm64"
