@@ -4,7 +4,8 @@
 // quickstart and the fleet simulator (simulations/cmd/fleetsim), and a test
 // of the contracts end to end.
 //
-// A scenario (Scenario, usually YAML: see simulations/scenarios) names the
+// A scenario (simulations/scenarios: a YAML file, decoded and validated
+// there) names the
 // fleet, what its devices publish, who subscribes, and faults on a timeline:
 // a gateway's uplink cut or made lossy (each gateway dials the cloud through
 // its own sync/faultnet relay), a gateway or the cloud killed and restarted,
@@ -22,6 +23,8 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/tributary-io/tributary/simulations/scenarios"
 )
 
 // Options describe a quickstart run. Zero values take the documented
@@ -80,19 +83,17 @@ func (o Options) withDefaults() Options {
 
 // Scenario returns the quickstart's scenario: o's fleet publishing one
 // telemetry stream to one ordered subscription, without faults.
-func (o Options) Scenario() Scenario {
+func (o Options) Scenario() scenarios.Scenario {
 	o = o.withDefaults()
-	return Scenario{
-		Name:         "quickstart",
-		Description:  "The quickstart: devices publish telemetry to their gateways, one subscription delivers it; no faults.",
-		Duration:     Duration(o.Duration),
-		DrainTimeout: Duration(o.DrainTimeout),
-		Gateways:     Gateways{Count: o.Gateways, DevicesPerGateway: (o.Devices + o.Gateways - 1) / o.Gateways},
-		Streams:      []Stream{{Rate: o.Rate, PayloadBytes: o.PayloadBytes}},
-		Subscriptions: []Subscription{{
-			ID: "fleetsim", Parallelism: o.Parallelism,
-		}},
-		totalDevices: o.Devices,
+	return scenarios.Scenario{
+		Name:          "quickstart",
+		Description:   "The quickstart: devices publish telemetry to their gateways, one subscription delivers it; no faults.",
+		Duration:      scenarios.Duration(o.Duration),
+		DrainTimeout:  scenarios.Duration(o.DrainTimeout),
+		Gateways:      scenarios.Gateways{Count: o.Gateways, DevicesPerGateway: (o.Devices + o.Gateways - 1) / o.Gateways},
+		Streams:       []scenarios.Stream{{Rate: o.Rate, PayloadBytes: o.PayloadBytes}},
+		Subscriptions: []scenarios.Subscription{{ID: "fleetsim", Parallelism: o.Parallelism}},
+		TotalDevices:  o.Devices,
 	}
 }
 

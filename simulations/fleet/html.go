@@ -9,6 +9,8 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"github.com/tributary-io/tributary/simulations/scenarios"
 )
 
 // The report is one HTML file with inline SVG: no script, no stylesheet or
@@ -16,8 +18,9 @@ import (
 
 var palette = []string{"#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"}
 
-var faultColors = map[FaultKind]string{
-	LinkDown: "#d62728", Lossy: "#ff7f0e", Kill: "#7b1fa2", DiskFull: "#8c564b", SinkFail: "#1f77b4", SinkHang: "#17becf",
+var faultColors = map[scenarios.FaultKind]string{
+	scenarios.LinkDown: "#d62728", scenarios.Lossy: "#ff7f0e", scenarios.Kill: "#7b1fa2",
+	scenarios.DiskFull: "#8c564b", scenarios.SinkFail: "#1f77b4", scenarios.SinkHang: "#17becf",
 }
 
 // chartLine is one plotted series; NaN values leave gaps.

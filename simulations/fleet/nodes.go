@@ -10,7 +10,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tributary-io/tributary/cloud/dispatch"
-	"github.com/tributary-io/tributary/cloud/filter"
 )
 
 // The simulator drives the cloud and the gateways through two small
@@ -132,11 +131,4 @@ func decodeLogValue(r *logRecord, value []byte) error {
 		r.DLReason = a.GetCeString()
 	}
 	return nil
-}
-
-func filterPrefix(p string) filter.Filter {
-	return filter.Filter{Prefix: map[string]string{"subject": p}}
-}
-func filterSuffix(p string) filter.Filter {
-	return filter.Filter{Suffix: map[string]string{"subject": p}}
 }

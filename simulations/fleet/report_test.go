@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tributary-io/tributary/simulations/ledger"
+	"github.com/tributary-io/tributary/simulations/scenarios"
 )
 
 // syntheticReport is a report with a bit of everything, including text
@@ -29,8 +30,8 @@ func syntheticReport(gateways int) *Report {
 		Description: "desc <b>not bold</b>", Started: time.Unix(1700000000, 0),
 		PublishEndS: 15, DrainFromS: 10, DrainedAtS: 12.5, EndS: 19.5,
 		Faults: []FaultRecord{
-			{Index: 0, Kind: LinkDown, Targets: []string{"gw-1"}, PlannedAtS: 2, PlannedEndS: 10, StartS: 2, EndS: 10},
-			{Index: 1, Kind: SinkFail, Targets: []string{"s<1>"}, PlannedAtS: 4, PlannedEndS: 6, StartS: -1, EndS: -1, Error: "x & y"},
+			{Index: 0, Kind: scenarios.LinkDown, Targets: []string{"gw-1"}, PlannedAtS: 2, PlannedEndS: 10, StartS: 2, EndS: 10},
+			{Index: 1, Kind: scenarios.SinkFail, Targets: []string{"s<1>"}, PlannedAtS: 4, PlannedEndS: 6, StartS: -1, EndS: -1, Error: "x & y"},
 		},
 		Sinks:               []SinkReport{{Name: "s<1>", Received: 99}},
 		Notes:               []string{"note <i>"},

@@ -17,11 +17,14 @@ import (
 
 	"github.com/cloudevents/sdk-go/v2/event"
 
+	"github.com/tributary-io/tributary/cloud/dispatch"
+	"github.com/tributary-io/tributary/cloud/filter"
 	"github.com/tributary-io/tributary/cloud/server"
 	"github.com/tributary-io/tributary/edge/broker"
 	"github.com/tributary-io/tributary/edge/gateway"
 	"github.com/tributary-io/tributary/simulations/ledger"
 	"github.com/tributary-io/tributary/simulations/procs"
+	"github.com/tributary-io/tributary/simulations/scenarios"
 	"github.com/tributary-io/tributary/sync/faultnet"
 )
 
@@ -55,7 +58,7 @@ const step = time.Second
 // runner is one scenario run. Its fields are set up before publishing
 // starts and read-only afterwards, except those under mu and the atomics.
 type runner struct {
-	sc  Scenario // defaults applied
+	sc  scenarios.Scenario // defaults applied
 	o   RunOptions
 	log *slog.Logger
 	dir string
@@ -95,13 +98,20 @@ type runner struct {
 // only if the run could not be carried out (bad scenario, a part failed to
 // start, a restart failed, ctx ended); a run that broke a contract returns a
 // Report whose Result.OK() is false.
-func RunScenario(ctx context.Context, sc Scenario, opts RunOptions) (*Report, error) {
+func RunScenario(ctx context.Context, sc scenarios.Scenario, opts RunOptions) (*Report, error) {
 	if err := sc.Validate(); err != nil {
 		return nil, err
 	}
-	d := sc.withDefaults()
+	d := sc.WithDefaults()
 	if opts.Processes {
-		d.Mode = Processes
+		d.Mode = scenarios.Processes
+	}
+	for i, s := range d.Subscriptions {
+		// The cloud's own check, beyond what the scenario model knows.
+		ds := subscriptionConfig(s, "http://127.0.0.1:1/")
+		if err := ds.Validate(); err != nil {
+			return nil, fmt.Errorf("%w: subscriptions[%d]: %w", scenarios.ErrScenario, i, err)
+		}
 	}
 	if opts.ProgressEvery == 0 {
 		opts.ProgressEvery = 2 * time.Second
@@ -147,7 +157,7 @@ func (r *runner) setup() error {
 	}
 	nDev := sc.Devices()
 	perConn := uint64(2) // device socket and the broker's, in one process
-	if sc.Mode == Processes {
+	if sc.Mode == scenarios.Processes {
 		perConn = 1
 	}
 	need := uint64(nDev)*perConn + uint64(sc.Gateways.Count)*24 + 512
@@ -159,7 +169,7 @@ func (r *runner) setup() error {
 	subs := make([]ledger.Subscription, len(sc.Subscriptions))
 	r.subIdx = map[string]int{}
 	for i, s := range sc.Subscriptions {
-		subs[i] = ledger.Subscription{ID: s.ID, Ordered: s.ordered()}
+		subs[i] = ledger.Subscription{ID: s.ID, Ordered: s.IsOrdered()}
 		r.subIdx[s.ID] = i
 	}
 	led, err := ledger.NewWithSubscriptions(subs)
@@ -177,7 +187,7 @@ func (r *runner) setup() error {
 	r.maxBacklog = make([]uint64, len(r.gwIDs))
 	for i, f := range sc.Faults {
 		r.faults = append(r.faults, FaultRecord{
-			Index: i, Kind: f.Kind, Targets: matchTargets(f, r.gwIDs),
+			Index: i, Kind: f.Kind, Targets: scenarios.MatchTargets(f, r.gwIDs),
 			PlannedAtS: f.At.D().Seconds(), PlannedEndS: f.End().Seconds(), StartS: -1, EndS: -1,
 		})
 	}
@@ -205,10 +215,10 @@ func (r *runner) setup() error {
 		API:     server.APIConfig{Listen: "127.0.0.1:0"},
 	}
 	for _, s := range sc.Subscriptions {
-		cloudCfg.Subscriptions = append(cloudCfg.Subscriptions, s.dispatch(r.sinks[s.Sink].URL(s.ID)))
+		cloudCfg.Subscriptions = append(cloudCfg.Subscriptions, subscriptionConfig(s, r.sinks[s.Sink].URL(s.ID)))
 	}
 	bins := r.o.Binaries
-	if sc.Mode == Processes {
+	if sc.Mode == scenarios.Processes {
 		if bins.Edge == "" || bins.Cloud == "" {
 			r.say("building tributary-edge and tributary-cloud")
 			bdir := filepath.Join(r.dir, "bin")
@@ -231,7 +241,7 @@ func (r *runner) setup() error {
 	} else {
 		r.cloud = newInprocCloud(r.baseCtx, cloudCfg, r.log.With("node", "cloud"))
 		for _, f := range sc.Faults {
-			if f.Kind == Kill {
+			if f.Kind == scenarios.Kill {
 				r.notes = append(r.notes, "in-process kill faults close the part abruptly but cannot crash it (buffers are flushed); run with -processes for SIGKILL")
 				break
 			}
@@ -277,7 +287,7 @@ func (r *runner) setup() error {
 		}
 		cfg.Cloud.Address = relay.Addr().String()
 		cfg.Cloud.DevCADir = r.cloud.PKIDir()
-		if sc.Mode == Processes {
+		if sc.Mode == scenarios.Processes {
 			cfg.MQTT.Listeners.TCP.Address = "" // from -mqtt-listen
 			r.edges[i], err = newProcEdge(bins, id, dir, filepath.Join(r.dir, id+".yaml"), relay.Addr().String(), r.cloud.PKIDir(), cfg)
 			if err != nil {
@@ -323,14 +333,33 @@ func (r *runner) setup() error {
 	})
 }
 
+// subscriptionConfig is the cloud's configuration of s, pushing to url.
+func subscriptionConfig(s scenarios.Subscription, url string) dispatch.Subscription {
+	ds := dispatch.Subscription{
+		ID: s.ID, Sink: url, Parallelism: s.Parallelism, Ordered: s.Ordered,
+		Retry: dispatch.RetryPolicy{
+			MaxAttempts: s.Retry.MaxAttempts, MinBackoff: dispatch.Duration(s.Retry.MinBackoff),
+			MaxBackoff: dispatch.Duration(s.Retry.MaxBackoff), MaxAge: dispatch.Duration(s.Retry.MaxAge),
+		},
+	}
+	ds.ProtocolSettings.Timeout = dispatch.Duration(s.Timeout)
+	if s.SubjectPrefix != "" {
+		ds.Filters = append(ds.Filters, filter.Filter{Prefix: map[string]string{"subject": s.SubjectPrefix}})
+	}
+	if s.SubjectSuffix != "" {
+		ds.Filters = append(ds.Filters, filter.Filter{Suffix: map[string]string{"subject": s.SubjectSuffix}})
+	}
+	return ds
+}
+
 // forwardingRules gives each stream's topics their priority and type; none
 // are needed (every topic is forwarded with priority 0) when no stream sets
 // either.
-func forwardingRules(streams []Stream) []broker.Rule {
+func forwardingRules(streams []scenarios.Stream) []broker.Rule {
 	var rules []broker.Rule
 	needed := false
 	for _, st := range streams {
-		rules = append(rules, broker.Rule{Filter: topicFilter(st.Topic), Type: st.Type, Priority: uint8(st.Priority), Forward: true})
+		rules = append(rules, broker.Rule{Filter: scenarios.TopicFilter(st.Topic), Type: st.Type, Priority: uint8(st.Priority), Forward: true})
 		needed = needed || st.Priority != 0 || st.Type != ""
 	}
 	if !needed {
@@ -351,7 +380,7 @@ func (r *runner) makeDevices() []*device {
 	devs := make([]*device, n)
 	for i := range devs {
 		g := i % len(r.gwIDs)
-		if sc.totalDevices == 0 {
+		if sc.TotalDevices == 0 {
 			g = i / sc.Gateways.DevicesPerGateway
 		}
 		d := &device{
@@ -364,10 +393,10 @@ func (r *runner) makeDevices() []*device {
 			if st.Share < 1 && math.Floor(float64(i+1)*st.Share) == math.Floor(float64(i)*st.Share) {
 				continue
 			}
-			topic := topicFor(st.Topic, d.id, d.gateway)
+			topic := scenarios.TopicFor(st.Topic, d.id, d.gateway)
 			var subs uint8
 			for j, s := range sc.Subscriptions {
-				if s.matches(topic) {
+				if s.Matches(topic) {
 					subs |= 1 << j
 				}
 			}
@@ -600,7 +629,7 @@ func (r *runner) run() (*Report, error) {
 	// Gateways in child processes are scraped over HTTP; a large fleet of
 	// them is sampled less often, so scraping does not eat the machine.
 	every := step
-	if sc.Mode == Processes && len(r.edges) > 30 {
+	if sc.Mode == scenarios.Processes && len(r.edges) > 30 {
 		every = 3 * step
 	}
 	go func() {

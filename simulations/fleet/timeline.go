@@ -3,12 +3,12 @@ package fleet
 import (
 	"context"
 	"fmt"
-	"path"
 	"slices"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/tributary-io/tributary/simulations/scenarios"
 	"github.com/tributary-io/tributary/sync/faultnet"
 )
 
@@ -19,35 +19,11 @@ type action struct {
 	start bool
 }
 
-// matchTargets resolves a fault's target patterns against the gateway ids
-// (sink names and "cloud" stand for themselves), in order, without repeats.
-func matchTargets(f Fault, gateways []string) []string {
-	var out []string
-	add := func(t string) {
-		if !slices.Contains(out, t) {
-			out = append(out, t)
-		}
-	}
-	for _, pat := range f.Targets {
-		switch {
-		case f.Kind == SinkFail || f.Kind == SinkHang || pat == CloudTarget:
-			add(pat)
-		default:
-			for _, id := range gateways {
-				if ok, _ := path.Match(pat, id); ok {
-					add(id)
-				}
-			}
-		}
-	}
-	return out
-}
-
 // FaultRecord is one fault as it happened, for the report.
 type FaultRecord struct {
-	Index   int       `json:"index"`
-	Kind    FaultKind `json:"kind"`
-	Targets []string  `json:"targets"`
+	Index   int                 `json:"index"`
+	Kind    scenarios.FaultKind `json:"kind"`
+	Targets []string            `json:"targets"`
 	// PlannedAtS and PlannedEndS are the timeline's times; StartS and EndS
 	// when the simulator applied them (-1 if it did not), all in seconds
 	// from the start of publishing.
@@ -121,7 +97,7 @@ func (r *runner) step(ctx context.Context, start time.Time, a action) bool {
 	r.mu.Unlock()
 	if err != nil {
 		r.log.Error("fault", "kind", kind, "start", a.start, "err", err)
-		if kind == Kill && !a.start {
+		if kind == scenarios.Kill && !a.start {
 			r.fail(fmt.Errorf("fault %d (%s): restart: %w", a.fault, kind, err))
 			return false
 		}
@@ -138,14 +114,14 @@ func (r *runner) apply(ctx context.Context, a action) error {
 	for _, t := range targets {
 		var err error
 		switch f.Kind {
-		case LinkDown:
+		case scenarios.LinkDown:
 			relay := r.relays[r.gwIndex[t]]
 			if a.start {
 				relay.Blackhole(f.For.D())
 			} else {
 				relay.Blackhole(0)
 			}
-		case Lossy:
+		case scenarios.Lossy:
 			relay := r.relays[r.gwIndex[t]]
 			if a.start {
 				imp := faultnet.Impairment{Loss: f.Loss, Delay: f.Delay.D(), Jitter: f.Jitter.D(), Duplicate: f.Duplicate, Reorder: f.Reorder}
@@ -153,19 +129,19 @@ func (r *runner) apply(ctx context.Context, a action) error {
 			} else {
 				relay.SetImpairment(faultnet.Impairment{}, faultnet.Impairment{})
 			}
-		case Kill:
+		case scenarios.Kill:
 			var node interface {
 				Kill() error
 				Start(context.Context) error
 			}
-			if t == CloudTarget {
+			if t == scenarios.CloudTarget {
 				node = r.cloud
 			} else {
 				node = r.edges[r.gwIndex[t]]
 			}
 			if a.start {
 				err = node.Kill()
-				if r.sc.Mode == Processes {
+				if r.sc.Mode == scenarios.Processes {
 					detail = appendOnce(detail, "SIGKILL")
 				} else {
 					detail = appendOnce(detail, "abrupt close in process")
@@ -173,7 +149,7 @@ func (r *runner) apply(ctx context.Context, a action) error {
 			} else {
 				err = node.Start(ctx)
 			}
-		case DiskFull:
+		case scenarios.DiskFull:
 			dir := r.gwDirs[r.gwIndex[t]]
 			if a.start {
 				var n int64
@@ -182,14 +158,14 @@ func (r *runner) apply(ctx context.Context, a action) error {
 			} else {
 				err = freeDisk(dir)
 			}
-		case SinkFail:
+		case scenarios.SinkFail:
 			if a.start {
 				r.sinks[t].FailWith(f.Status)
 				detail = appendOnce(detail, fmt.Sprintf("HTTP %d", f.Status))
 			} else {
 				r.sinks[t].FailWith(0)
 			}
-		case SinkHang:
+		case scenarios.SinkHang:
 			if a.start {
 				r.sinks[t].Hang()
 			} else {

@@ -196,3 +196,26 @@ func TestTooManySubscriptions(t *testing.T) {
 		t.Fatal("accepted more subscriptions than a ledger tracks")
 	}
 }
+
+// FuzzParsePayload: any bytes (a sink's request body, a log record) are a
+// payload or an error, never a panic, and a parsed payload round-trips.
+func FuzzParsePayload(f *testing.F) {
+	f.Add(MakePayload("dev-1", 7, time.Unix(1, 2), 200))
+	f.Add([]byte(`{"d":"x","n":18446744073709551615,"ts":-1}`))
+	f.Add([]byte(`{"d":"","n":1}`))
+	f.Add([]byte(`[1,2]`))
+	f.Add([]byte(`{"d":"\u0000","n":1.5}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := ParsePayload(b)
+		if err != nil {
+			return
+		}
+		if p.Device == "" {
+			t.Fatal("accepted a payload without a device")
+		}
+		q, err := ParsePayload(MakePayload(p.Device, p.N, time.Unix(0, p.Sent), 0))
+		if err != nil || q.Device != p.Device || q.N != p.N || q.Sent != p.Sent {
+			t.Fatalf("round trip of %+v: %+v, %v", p, q, err)
+		}
+	})
+}

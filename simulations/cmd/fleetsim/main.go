@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/tributary-io/tributary/simulations/fleet"
+	"github.com/tributary-io/tributary/simulations/scenarios"
 )
 
 func main() {
@@ -57,7 +58,7 @@ summary (-report, -json).
 Shipped scenarios: %s
 
 Flags:
-`, strings.Join(fleet.ShippedScenarios(), ", "))
+`, strings.Join(scenarios.Names(), ", "))
 		fs.PrintDefaults()
 	}
 	var o fleet.Options
@@ -87,8 +88,8 @@ Flags:
 		return 2
 	}
 	if *list {
-		for _, n := range fleet.ShippedScenarios() {
-			s, err := fleet.LoadScenario(n)
+		for _, n := range scenarios.Names() {
+			s, err := scenarios.Load(n)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "fleetsim: %v\n", err)
 				return 1
@@ -100,7 +101,7 @@ Flags:
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	var sc fleet.Scenario
+	var sc scenarios.Scenario
 	quickstart := *scenario == ""
 	if quickstart {
 		if o.Duration <= 0 || o.Gateways < 1 || o.Devices < 1 || o.Rate <= 0 || o.PayloadBytes < 64 {
@@ -119,15 +120,15 @@ Flags:
 			}
 		}
 		var err error
-		if sc, err = fleet.LoadScenario(*scenario); err != nil {
+		if sc, err = scenarios.Load(*scenario); err != nil {
 			fmt.Fprintf(os.Stderr, "fleetsim: %v\n", err)
 			return 2
 		}
 		if set["duration"] {
-			sc.Duration = fleet.Duration(o.Duration)
+			sc.Duration = scenarios.Duration(o.Duration)
 		}
 		if set["drain-timeout"] {
-			sc.DrainTimeout = fleet.Duration(o.DrainTimeout)
+			sc.DrainTimeout = scenarios.Duration(o.DrainTimeout)
 		}
 		if err := sc.Validate(); err != nil {
 			fmt.Fprintf(os.Stderr, "fleetsim: scenario %s: %v\n", *scenario, err)

@@ -1,25 +1,19 @@
-package fleet
+package scenarios
 
 import (
-	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/cloudevents/sdk-go/v2/event"
-
-	"github.com/tributary-io/tributary/simulations/scenarios"
 )
 
 // TestShippedScenarios loads every shipped scenario: each validates, is
 // named after its file, says what it rehearses, and the seven are
 // all there.
 func TestShippedScenarios(t *testing.T) {
-	names := ShippedScenarios()
+	names := Names()
 	for _, want := range []string{"steady", "outage-and-drain", "cloud-crash", "lossy-cellular", "disk-full", "sink-down", "fleet-10k"} {
 		found := false
 		for _, n := range names {
@@ -30,7 +24,7 @@ func TestShippedScenarios(t *testing.T) {
 		}
 	}
 	for _, n := range names {
-		s, err := LoadScenario(n)
+		s, err := Load(n)
 		if err != nil {
 			t.Errorf("%s: %v", n, err)
 			continue
@@ -39,10 +33,10 @@ func TestShippedScenarios(t *testing.T) {
 			t.Errorf("%s: name %q, description %q", n, s.Name, s.Description)
 		}
 	}
-	if s, _ := LoadScenario("fleet-10k"); s.Devices() != 10000 {
+	if s, _ := Load("fleet-10k"); s.Devices() != 10000 {
 		t.Errorf("fleet-10k has %d devices", s.Devices())
 	}
-	if _, err := LoadScenario("no-such-scenario"); !errors.Is(err, ErrScenario) || !errors.Is(err, scenarios.ErrUnknown) {
+	if _, err := Load("no-such-scenario"); !errors.Is(err, ErrScenario) || !errors.Is(err, ErrUnknown) {
 		t.Errorf("unknown name: %v", err)
 	}
 }
@@ -54,11 +48,11 @@ func TestLoadScenarioFromFile(t *testing.T) {
 	if err := os.WriteFile(p, []byte("duration: 5s\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := LoadScenario(p)
+	s, err := Load(p)
 	if err != nil || s.Name != "my-test" || s.Duration.D() != 5*time.Second {
 		t.Fatalf("%+v, %v", s, err)
 	}
-	if _, err := LoadScenario(filepath.Join(t.TempDir(), "missing.yaml")); !errors.Is(err, ErrScenario) || !errors.Is(err, os.ErrNotExist) {
+	if _, err := Load(filepath.Join(t.TempDir(), "missing.yaml")); !errors.Is(err, ErrScenario) || !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
@@ -90,6 +84,10 @@ func TestScenarioErrorsNameTheField(t *testing.T) {
 		{"subscriptions: [{id: 'bad id'}]", "subscriptions[0].id"},
 		{"subscriptions: [{id: x, retry: {max_attempts: -1}}]", "subscriptions[0].retry.max_attempts"},
 		{"subscriptions: [{id: x, parallelism: 5000}]", "subscriptions[0].parallelism"},
+		{"subscriptions: [{id: .x}]", "subscriptions[0].id"},
+		{"subscriptions: [{id: x, timeout: 11m}]", "subscriptions[0].timeout"},
+		{"subscriptions: [{id: x, retry: {min_backoff: 2s, max_backoff: 1s}}]", "subscriptions[0].retry.min_backoff"},
+		{"subscriptions: [{id: x, retry: {max_age: -1s}}]", "subscriptions[0].retry.max_age"},
 		{"faults: [{kind: meteor, targets: [gw-1], for: 1s}]", "faults[0].kind"},
 		{"faults: [{kind: link-down, targets: [gw-1], at: 40s, for: 1s}]", "faults[0].at"},
 		{"faults: [{kind: link-down, targets: [gw-1]}]", "faults[0].for"},
@@ -106,7 +104,7 @@ func TestScenarioErrorsNameTheField(t *testing.T) {
 		{"faults: [{kind: disk-full, targets: [gw-1], for: 1s}]", "faults[0].kind"},
 		{"faults: [{kind: kill, targets: ['*'], at: 1s, for: 5s}, {kind: kill, targets: [gw-2], at: 3s, for: 1s}]", "faults[1]"},
 	} {
-		_, err := ParseScenario([]byte(tc.yaml))
+		_, err := Parse([]byte(tc.yaml))
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != tc.field || !errors.Is(err, ErrScenario) {
 			t.Errorf("%s:\n  got %v\n  want an error on field %s", tc.yaml, err, tc.field)
@@ -117,11 +115,13 @@ func TestScenarioErrorsNameTheField(t *testing.T) {
 	for _, tc := range []struct{ yaml, field, want string }{
 		{"gateways:\n  count: 2\n  colour: blue\n", "gateways.colour", "not found"},
 		{"streams:\n  - rate: 1\n    topics: x\n", "streams[0].topics", "not found"},
-		{"duration: 30\n", "duration", "missing unit"},
+		{"duration: 30\n", "duration", "must be a string"},
+		{"duration: 30x\n", "duration", "unknown unit"},
 		{"gateways:\n  count: many\n", "gateways.count", "cannot unmarshal"},
-		{"faults:\n  - kind: kill\n    targets: [cloud, 7s]\n    for: 1\n", "faults[0].for", "missing unit"},
+		{"faults:\n  - kind: kill\n    targets: [cloud, 7s]\n    for: 1\n", "faults[0].for", "must be a string"},
+		{"subscriptions:\n  - id: x\n    retry:\n      max_age: [1]\n", "subscriptions[0].retry.max_age", "must be a string"},
 	} {
-		_, err := ParseScenario([]byte(tc.yaml))
+		_, err := Parse([]byte(tc.yaml))
 		var fe *FieldError
 		if !errors.As(err, &fe) || fe.Field != tc.field || !errors.Is(err, ErrScenario) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error on field %s mentioning %q", tc.yaml, err, tc.field, tc.want)
@@ -132,7 +132,7 @@ func TestScenarioErrorsNameTheField(t *testing.T) {
 		{"", "empty document"},
 		{"[1, 2]", "cannot unmarshal"},
 	} {
-		_, err := ParseScenario([]byte(tc.yaml))
+		_, err := Parse([]byte(tc.yaml))
 		if !errors.Is(err, ErrScenario) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error mentioning %q", tc.yaml, err, tc.want)
 		}
@@ -141,123 +141,52 @@ func TestScenarioErrorsNameTheField(t *testing.T) {
 
 // TestScenarioDefaults: an empty mapping is the quickstart-like default.
 func TestScenarioDefaults(t *testing.T) {
-	s, err := ParseScenario([]byte("{}"))
+	s, err := Parse([]byte("{}"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := s.withDefaults()
+	d := s.WithDefaults()
 	if d.Mode != InProcess || d.Gateways.Count != 2 || d.Devices() != 50 || len(d.Streams) != 1 || d.Streams[0].Rate != 10 ||
 		d.Streams[0].PayloadBytes != 200 || d.Subscriptions[0].Sink != "sink" || d.Subscriptions[0].Parallelism != 16 || d.Duration.D() != 30*time.Second {
 		t.Fatalf("defaults: %+v", d)
 	}
-	if got := (Options{Devices: 7, Gateways: 3}).Scenario().Devices(); got != 7 {
-		t.Fatalf("quickstart with 7 devices has %d", got)
+	if got := (Scenario{TotalDevices: 7, Gateways: Gateways{Count: 3}}).Devices(); got != 7 {
+		t.Fatalf("7 devices spread over 3 gateways: %d", got)
 	}
 }
 
 func TestTopics(t *testing.T) {
-	if got := topicFilter("fleet/{gateway}/{device}/t"); got != "fleet/+/+/t" {
+	if got := TopicFilter("fleet/{gateway}/{device}/t"); got != "fleet/+/+/t" {
 		t.Fatal(got)
 	}
-	if got := topicFor("fleet/{gateway}/{device}/t", "dev-1", "gw-2"); got != "fleet/gw-2/dev-1/t" {
+	if got := TopicFor("fleet/{gateway}/{device}/t", "dev-1", "gw-2"); got != "fleet/gw-2/dev-1/t" {
 		t.Fatal(got)
 	}
 	sub := Subscription{SubjectPrefix: "fleet/", SubjectSuffix: "/t"}
-	if !sub.matches("fleet/gw-2/dev-1/t") || sub.matches("fleet/gw-2/dev-1/u") || sub.matches("x/fleet/t") {
+	if !sub.Matches("fleet/gw-2/dev-1/t") || sub.Matches("fleet/gw-2/dev-1/u") || sub.Matches("x/fleet/t") {
 		t.Fatal("subject filter")
-	}
-}
-
-// TestTimeline runs a timeline of sink faults against real sinks: each
-// fault starts and ends at its time, on its own (an overlapping fault on
-// another sink is not held up), and is recorded.
-func TestTimeline(t *testing.T) {
-	sc := Scenario{
-		Duration:      Duration(time.Minute),
-		Sinks:         []Sink{{Name: "a"}, {Name: "b"}},
-		Subscriptions: []Subscription{{ID: "x", Sink: "a"}},
-		Faults: []Fault{
-			{Kind: SinkFail, Targets: []string{"a"}, At: Duration(50 * time.Millisecond), For: Duration(300 * time.Millisecond), Status: 502},
-			{Kind: SinkHang, Targets: []string{"b"}, At: Duration(100 * time.Millisecond), For: Duration(100 * time.Millisecond)},
-		},
-	}
-	if err := sc.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	r := &runner{sc: sc.withDefaults(), active: map[int]bool{}, sinks: map[string]*sinkServer{}}
-	r.log = slog.New(slog.DiscardHandler)
-	for _, name := range []string{"a", "b"} {
-		s, err := startSink(name, nil, func(int, *event.Event, time.Time) {})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer s.Close()
-		r.sinks[name] = s
-	}
-	for i, f := range r.sc.Faults {
-		r.faults = append(r.faults, FaultRecord{Index: i, Kind: f.Kind, Targets: matchTargets(f, nil), StartS: -1, EndS: -1})
-	}
-	start := time.Now()
-	done := make(chan struct{})
-	go func() { defer close(done); r.runTimeline(context.Background(), start) }()
-	// While both are on: a fails, b hangs.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		r.mu.Lock()
-		both := len(r.active) == 2
-		r.mu.Unlock()
-		if both {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the two faults were never on together")
-		}
-		time.Sleep(time.Millisecond)
-	}
-	a, b := r.sinks["a"], r.sinks["b"]
-	a.mu.Lock()
-	status := a.status
-	a.mu.Unlock()
-	b.mu.Lock()
-	hanging := b.hang != nil
-	b.mu.Unlock()
-	if status != 502 || !hanging {
-		t.Fatalf("sink a status %d, sink b hanging %v", status, hanging)
-	}
-	<-done
-	if len(r.active) != 0 || a.status != 0 || b.hang != nil {
-		t.Fatalf("faults still on after the timeline: active %v", r.active)
-	}
-	for i, f := range r.faults {
-		planned := r.sc.Faults[i]
-		if f.StartS < planned.At.D().Seconds() || f.EndS < planned.End().Seconds() || f.Error != "" {
-			t.Fatalf("fault %d recorded %+v, planned %v–%v", i, f, planned.At, planned.End())
-		}
-	}
-	if r.faults[1].EndS > r.faults[0].EndS {
-		t.Fatalf("the hang ended after the failure although planned before it: %+v", r.faults)
 	}
 }
 
 func TestMatchTargets(t *testing.T) {
 	gws := []string{"gw-1", "gw-2", "gw-10", "gw-11"}
-	got := matchTargets(Fault{Kind: LinkDown, Targets: []string{"gw-1?", "gw-1", "gw-10"}}, gws)
+	got := MatchTargets(Fault{Kind: LinkDown, Targets: []string{"gw-1?", "gw-1", "gw-10"}}, gws)
 	if strings.Join(got, ",") != "gw-10,gw-11,gw-1" {
 		t.Fatal(got)
 	}
-	if got := matchTargets(Fault{Kind: Kill, Targets: []string{"cloud", "gw-2"}}, gws); strings.Join(got, ",") != "cloud,gw-2" {
+	if got := MatchTargets(Fault{Kind: Kill, Targets: []string{"cloud", "gw-2"}}, gws); strings.Join(got, ",") != "cloud,gw-2" {
 		t.Fatal(got)
 	}
-	if got := matchTargets(Fault{Kind: SinkHang, Targets: []string{"gw-1"}}, gws); strings.Join(got, ",") != "gw-1" {
+	if got := MatchTargets(Fault{Kind: SinkHang, Targets: []string{"gw-1"}}, gws); strings.Join(got, ",") != "gw-1" {
 		t.Fatal(got) // sink names stand for themselves, even if they look like gateways
 	}
 }
 
 // FuzzParseScenario: no input panics the decoder or the validator, and an
 // accepted scenario has sane defaults.
-func FuzzParseScenario(f *testing.F) {
-	for _, n := range ShippedScenarios() {
-		b, err := scenarios.Get(n)
+func FuzzParse(f *testing.F) {
+	for _, n := range Names() {
+		b, err := Get(n)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -267,14 +196,14 @@ func FuzzParseScenario(f *testing.F) {
 	f.Add([]byte("streams: [{rate: .nan}]"))
 	f.Add([]byte("gateways: {count: -1}"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := ParseScenario(data)
+		s, err := Parse(data)
 		if err != nil {
 			if !errors.Is(err, ErrScenario) {
 				t.Fatalf("error without ErrScenario: %v", err)
 			}
 			return
 		}
-		d := s.withDefaults()
+		d := s.WithDefaults()
 		if d.Devices() < 1 || d.Devices() > maxDevices || len(d.Streams) == 0 || len(d.Subscriptions) == 0 {
 			t.Fatalf("accepted a scenario with %d devices, %d streams, %d subscriptions", d.Devices(), len(d.Streams), len(d.Subscriptions))
 		}
@@ -284,7 +213,7 @@ func FuzzParseScenario(f *testing.F) {
 			}
 		}
 		for _, f := range d.Faults {
-			if f.At.D() >= d.Duration.D() || len(matchTargets(f, d.GatewayIDs())) == 0 {
+			if f.At.D() >= d.Duration.D() || len(MatchTargets(f, d.GatewayIDs())) == 0 {
 				t.Fatalf("accepted fault %+v", f)
 			}
 		}

@@ -1,4 +1,4 @@
-package fleet
+package scenarios
 
 import (
 	"bytes"
@@ -17,24 +17,46 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/tributary-io/tributary/cloud/dispatch"
-	"github.com/tributary-io/tributary/edge/broker"
 	"github.com/tributary-io/tributary/simulations/ledger"
-	"github.com/tributary-io/tributary/simulations/scenarios"
 )
+
+// This file is the scenario model: decoding, defaults and validation. It
+// imports nothing of the fabric, so the decoder can be fuzzed quickly;
+// simulations/fleet turns a Scenario into a running fleet.
 
 // Duration is a time.Duration written as a Go duration string ("1.5s",
 // "10m") in YAML; a bare number is refused (it would silently mean
 // nanoseconds).
-type Duration = dispatch.Duration
+type Duration time.Duration
+
+// D returns d as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText writes the duration string.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalYAML accepts only duration strings.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Tag == "!!int" || n.Tag == "!!float" {
+		return fmt.Errorf("line %d: duration must be a string such as 10s", n.Line)
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
 
 // Scenario describes a fleet simulation: the fleet, what its devices publish,
 // who subscribes, and a timeline of faults. It is decoded from YAML with
-// ParseScenario (unknown keys are errors) and checked with Validate, whose
-// errors name the field. Every field documents its zero-value default.
+// Parse (unknown keys are errors) and checked with Validate, whose errors
+// name the field. Every field documents its zero-value default.
 type Scenario struct {
 	// Name names the scenario in output and report file names. "" means
-	// the file's base name (LoadScenario), else "custom".
+	// the file's base name (Load), else "custom".
 	Name string `yaml:"name"`
 	// Description says what the scenario rehearses, for the report. "":
 	// none.
@@ -66,10 +88,10 @@ type Scenario struct {
 	// Faults is the fault timeline. Empty means none.
 	Faults []Fault `yaml:"faults"`
 
-	// totalDevices, when set, spreads that many devices over the gateways
-	// round-robin instead of DevicesPerGateway each (the quickstart's
-	// -devices flag).
-	totalDevices int
+	// TotalDevices, when positive, spreads that many devices over the
+	// gateways round-robin instead of DevicesPerGateway each (the
+	// quickstart's -devices flag). Not read from files. 0: unused.
+	TotalDevices int `yaml:"-"`
 }
 
 // Mode says where the cloud and the gateways run.
@@ -158,7 +180,21 @@ type Subscription struct {
 	Timeout Duration `yaml:"timeout"`
 	// Retry is the retry policy before dead-lettering. The zero value uses
 	// the cloud's defaults (10 attempts, up to an hour).
-	Retry dispatch.RetryPolicy `yaml:"retry"`
+	Retry RetryPolicy `yaml:"retry"`
+}
+
+// RetryPolicy bounds how the cloud retries a failed delivery (the
+// subscription's retry policy, cloud/dispatch.RetryPolicy). Zero values
+// take the cloud's defaults.
+type RetryPolicy struct {
+	// MaxAttempts counts every attempt, the first included. 0 means 10.
+	MaxAttempts int `yaml:"max_attempts"`
+	// MinBackoff is the first retry's delay ceiling. 0 means 1 s.
+	MinBackoff Duration `yaml:"min_backoff"`
+	// MaxBackoff caps the delay ceiling as it doubles. 0 means 10 min.
+	MaxBackoff Duration `yaml:"max_backoff"`
+	// MaxAge is how long an event is retried. 0 means 1 hour.
+	MaxAge Duration `yaml:"max_age"`
 }
 
 // FaultKind names what a fault does.
@@ -222,8 +258,8 @@ type Fault struct {
 // End is when the fault ends, from the start of publishing.
 func (f Fault) End() time.Duration { return f.At.D() + f.For.D() }
 
-// ErrScenario is matched (errors.Is) by every error ParseScenario, Validate
-// and LoadScenario return for a bad scenario.
+// ErrScenario is matched (errors.Is) by every error Parse, Validate and
+// Load return for a bad scenario.
 var ErrScenario = errors.New("invalid scenario")
 
 // FieldError is a scenario error pinned to a field, named by its YAML path
@@ -243,9 +279,9 @@ func fieldErr(field, format string, args ...any) error {
 	return &FieldError{Field: field, Err: fmt.Errorf(format, args...)}
 }
 
-// ParseScenario decodes a YAML scenario, rejecting unknown keys and trailing
+// Parse decodes a YAML scenario, rejecting unknown keys and trailing
 // documents, and validates it.
-func ParseScenario(data []byte) (Scenario, error) {
+func Parse(data []byte) (Scenario, error) {
 	var s Scenario
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
@@ -298,6 +334,9 @@ func fieldAt(data []byte, err error) string {
 				}
 			}
 		case yaml.SequenceNode:
+			if n.Style&yaml.FlowStyle != 0 && n.Line == line {
+				return path // [a, b] on the line: the field itself
+			}
 			for i, v := range n.Content {
 				p := fmt.Sprintf("%s[%d]", path, i)
 				if f := walk(v, p); f != "" {
@@ -313,10 +352,10 @@ func fieldAt(data []byte, err error) string {
 	return walk(root.Content[0], "")
 }
 
-// LoadScenario returns a shipped scenario by name (see ShippedScenarios) or
-// reads the YAML file at nameOrPath (anything containing a path separator
-// or ending in .yaml or .yml).
-func LoadScenario(nameOrPath string) (Scenario, error) {
+// Load returns a shipped scenario by name (see Names) or reads the YAML file
+// at nameOrPath (anything containing a path separator or ending in .yaml or
+// .yml).
+func Load(nameOrPath string) (Scenario, error) {
 	isPath := strings.ContainsRune(nameOrPath, filepath.Separator) || strings.ContainsRune(nameOrPath, '/') ||
 		strings.HasSuffix(nameOrPath, ".yaml") || strings.HasSuffix(nameOrPath, ".yml")
 	var data []byte
@@ -326,12 +365,12 @@ func LoadScenario(nameOrPath string) (Scenario, error) {
 		data, err = os.ReadFile(nameOrPath)
 		name = strings.TrimSuffix(strings.TrimSuffix(filepath.Base(nameOrPath), ".yaml"), ".yml")
 	} else {
-		data, err = scenarios.Get(nameOrPath)
+		data, err = Get(nameOrPath)
 	}
 	if err != nil {
 		return Scenario{}, fmt.Errorf("%w: %w", ErrScenario, err)
 	}
-	s, err := ParseScenario(data)
+	s, err := Parse(data)
 	if err != nil {
 		return Scenario{}, fmt.Errorf("scenario %s: %w", nameOrPath, err)
 	}
@@ -340,9 +379,6 @@ func LoadScenario(nameOrPath string) (Scenario, error) {
 	}
 	return s, nil
 }
-
-// ShippedScenarios lists the names LoadScenario accepts without a path.
-func ShippedScenarios() []string { return scenarios.Names() }
 
 // Limits enforced by Validate: generous for this machine, small enough that
 // a typo (a rate of 1e9) is refused rather than attempted.
@@ -355,8 +391,8 @@ const (
 	minPayloadBytes = 64
 )
 
-// withDefaults returns s with every zero field replaced by its default.
-func (s Scenario) withDefaults() Scenario {
+// WithDefaults returns s with every zero field replaced by its default.
+func (s Scenario) WithDefaults() Scenario {
 	if s.Name == "" {
 		s.Name = "custom"
 	}
@@ -422,7 +458,7 @@ func (s Scenario) withDefaults() Scenario {
 
 // GatewayIDs are the gateways' ids, gw-1 … gw-<count>.
 func (s Scenario) GatewayIDs() []string {
-	n := s.withDefaults().Gateways.Count
+	n := s.WithDefaults().Gateways.Count
 	ids := make([]string, n)
 	for i := range ids {
 		ids[i] = fmt.Sprintf("gw-%d", i+1)
@@ -432,9 +468,9 @@ func (s Scenario) GatewayIDs() []string {
 
 // Devices is the total number of simulated devices.
 func (s Scenario) Devices() int {
-	d := s.withDefaults()
-	if d.totalDevices > 0 {
-		return d.totalDevices
+	d := s.WithDefaults()
+	if d.TotalDevices > 0 {
+		return d.TotalDevices
 	}
 	return d.Gateways.Count * d.Gateways.DevicesPerGateway
 }
@@ -472,12 +508,12 @@ func (s Scenario) Validate() error {
 	default:
 		return fieldErr("gateways.synchronous", "%q: want full, extra or normal", g.Synchronous)
 	}
-	switch broker.AckMode(g.AckMode) {
-	case "", broker.AckAsync, broker.AckSync:
+	switch g.AckMode {
+	case "", "async", "sync":
 	default:
 		return fieldErr("gateways.ack_mode", "%q: want async or sync", g.AckMode)
 	}
-	d := s.withDefaults()
+	d := s.WithDefaults()
 	if n := d.Devices(); n > maxDevices {
 		return fieldErr("gateways.devices_per_gateway", "%d devices in all: at most %d", n, maxDevices)
 	}
@@ -500,7 +536,7 @@ func (s Scenario) Validate() error {
 		if err := checkTopic(st.Topic); err != nil {
 			return &FieldError{Field: field + ".topic", Err: err}
 		}
-		f := topicFilter(st.Topic)
+		f := TopicFilter(st.Topic)
 		if j, dup := topics[f]; dup {
 			return fieldErr(field+".topic", "%q overlaps streams[%d] (both match the filter %q)", st.Topic, j, f)
 		}
@@ -530,13 +566,12 @@ func (s Scenario) Validate() error {
 		if !sinks[sub.Sink] {
 			return fieldErr(field+".sink", "%q is not a sink of this scenario", sub.Sink)
 		}
-		ds := sub.dispatch("http://127.0.0.1:1/")
-		if err := ds.Validate(); err != nil {
-			var fe *dispatch.FieldError
+		if err := sub.validate(); err != nil {
+			var fe *FieldError
 			if errors.As(err, &fe) {
-				return &FieldError{Field: field + "." + fe.Field, Err: fe.Err}
+				fe.Field = field + "." + fe.Field
 			}
-			return &FieldError{Field: field, Err: err}
+			return err
 		}
 	}
 	return d.validateFaults(sinks)
@@ -692,8 +727,8 @@ func checkTopic(t string) error {
 	return nil
 }
 
-// topicFilter is the MQTT filter matching every topic of a template.
-func topicFilter(t string) string {
+// TopicFilter is the MQTT filter matching every topic of a template.
+func TopicFilter(t string) string {
 	lv := strings.Split(t, "/")
 	for i, l := range lv {
 		if l == "{device}" || l == "{gateway}" {
@@ -703,31 +738,91 @@ func topicFilter(t string) string {
 	return strings.Join(lv, "/")
 }
 
-// topicFor fills a template in.
-func topicFor(t, device, gateway string) string {
+// TopicFor fills a template in.
+func TopicFor(t, device, gateway string) string {
 	return strings.NewReplacer("{device}", device, "{gateway}", gateway).Replace(t)
 }
 
-// ordered is the effective Ordered setting.
-func (s Subscription) ordered() bool { return s.Ordered == nil || *s.Ordered }
+// IsOrdered is the effective Ordered setting.
+func (s Subscription) IsOrdered() bool { return s.Ordered == nil || *s.Ordered }
 
-// matches reports whether the subscription should deliver a message on
+// Matches reports whether the subscription should deliver a message on
 // topic (the event's subject).
-func (s Subscription) matches(topic string) bool {
+func (s Subscription) Matches(topic string) bool {
 	return strings.HasPrefix(topic, s.SubjectPrefix) && strings.HasSuffix(topic, s.SubjectSuffix)
 }
 
-// dispatch is the cloud's configuration of the subscription, pushing to url.
-func (s Subscription) dispatch(url string) dispatch.Subscription {
-	ds := dispatch.Subscription{
-		ID: s.ID, Sink: url, Parallelism: s.Parallelism, Ordered: s.Ordered, Retry: s.Retry,
+// Limits of the cloud's subscriptions (cloud/dispatch), checked here so a
+// scenario fails before anything starts.
+const (
+	maxParallelism = 1024
+	maxTimeout     = 10 * time.Minute
+)
+
+// validate checks what the cloud would refuse, with field names relative to
+// the subscription.
+func (s Subscription) validate() error {
+	if err := checkSubscriptionID(s.ID); err != nil {
+		return &FieldError{Field: "id", Err: err}
 	}
-	ds.ProtocolSettings.Timeout = s.Timeout
-	if s.SubjectPrefix != "" {
-		ds.Filters = append(ds.Filters, filterPrefix(s.SubjectPrefix))
+	switch {
+	case s.Parallelism < 0 || s.Parallelism > maxParallelism:
+		return fieldErr("parallelism", "%d: want 1 to %d", s.Parallelism, maxParallelism)
+	case s.Timeout < 0 || s.Timeout.D() > maxTimeout:
+		return fieldErr("timeout", "%v: want 0 to %v", s.Timeout, maxTimeout)
+	case s.Retry.MaxAttempts < 0:
+		return fieldErr("retry.max_attempts", "%d is negative", s.Retry.MaxAttempts)
+	case s.Retry.MinBackoff < 0:
+		return fieldErr("retry.min_backoff", "%v is negative", s.Retry.MinBackoff)
+	case s.Retry.MaxBackoff < 0:
+		return fieldErr("retry.max_backoff", "%v is negative", s.Retry.MaxBackoff)
+	case s.Retry.MaxAge < 0:
+		return fieldErr("retry.max_age", "%v is negative", s.Retry.MaxAge)
+	case s.Retry.MaxBackoff > 0 && s.Retry.MinBackoff > s.Retry.MaxBackoff:
+		return fieldErr("retry.min_backoff", "%v is above max_backoff %v", s.Retry.MinBackoff, s.Retry.MaxBackoff)
 	}
-	if s.SubjectSuffix != "" {
-		ds.Filters = append(ds.Filters, filterSuffix(s.SubjectSuffix))
+	return nil
+}
+
+// checkSubscriptionID accepts what the cloud accepts as a subscription id:
+// 1-128 characters of A-Z a-z 0-9 . _ -, not starting with a dot.
+func checkSubscriptionID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("required")
+	case len(id) > 128:
+		return errors.New("longer than 128 characters")
+	case id[0] == '.':
+		return errors.New("must not start with a dot")
 	}
-	return ds
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("%q: only A-Z a-z 0-9 . _ - are allowed", id)
+		}
+	}
+	return nil
+}
+
+// MatchTargets resolves a fault's target patterns against the gateway ids
+// (sink names and "cloud" stand for themselves), in order, without repeats.
+func MatchTargets(f Fault, gateways []string) []string {
+	var out []string
+	add := func(t string) {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	for _, pat := range f.Targets {
+		switch {
+		case f.Kind == SinkFail || f.Kind == SinkHang || pat == CloudTarget:
+			add(pat)
+		default:
+			for _, id := range gateways {
+				if ok, _ := path.Match(pat, id); ok {
+					add(id)
+				}
+			}
+		}
+	}
+	return out
 }
