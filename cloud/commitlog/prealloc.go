@@ -296,4 +296,8 @@ func isZero(b []byte) bool {
 	return bytes.Equal(b, zeroPage[:len(b)])
 }
 
-var zeroPage [4096]byte
+var zeroPage [pageSize]byte
+
+// pageSize is the page cache's page (4 KiB on every platform the cloud
+// runs on; a larger page only makes the padding in writer.flush partial).
+const pageSize = 4096

@@ -288,7 +288,7 @@ func (l *FileLog) recoverSegment(s *segment, last bool, runMax *int64, buf *[]by
 				return segmentError(s.path, pos, zerr)
 			}
 			if zeros {
-				s.prealloc = last && size >= l.opts.SegmentBytes
+				s.prealloc, s.capacity = last && size >= l.opts.SegmentBytes, size
 				return nil
 			}
 			if !last {
@@ -351,7 +351,7 @@ func (l *FileLog) cutTail(s *segment, pos, size int64, cause error) error {
 				return fmt.Errorf("commitlog: open: zero the torn tail of %s: %w", s.path, err)
 			}
 		}
-		s.prealloc = true
+		s.prealloc, s.capacity = true, size
 	} else if err := s.f.Truncate(pos); err != nil {
 		return fmt.Errorf("commitlog: open: truncate torn tail of %s: %w", s.path, err)
 	}

@@ -55,10 +55,11 @@ type segment struct {
 	next   uint64 // offset after the last committed record
 	runMax int64  // largest record time in the log up to this segment's end
 	index  []indexEntry
-	// prealloc: the file was zero-filled to Options.SegmentBytes before
-	// records were written to it (set before the writer goroutine starts
-	// or by it, and read only by it).
+	// prealloc: the file was zero-filled to capacity bytes (at least
+	// Options.SegmentBytes) before records were written to it. Set before
+	// the writer goroutine starts or by it, and read only by it.
 	prealloc bool
+	capacity int64
 	refs     int  // readers holding f
 	gone     bool // removed from the log; f is closed when refs drops to 0
 }

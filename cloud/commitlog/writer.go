@@ -267,13 +267,25 @@ func (w *writer) piece() *piece {
 }
 
 // flush writes the buffered frames to the active segment and fsyncs it.
+//
+// In a preallocated segment the write goes on with the zeros already there
+// up to the end of its last page: a write that ends inside a page the page
+// cache does not hold makes the kernel read that page from the disk first
+// (the spare was zero-filled around the cache), one synchronous read per
+// group commit. Writing whole pages avoids it; the next group overwrites
+// the zeros.
 func (w *writer) flush() error {
-	if len(w.buf) > 0 {
+	if n := len(w.buf); n > 0 {
+		if s := w.active; s.prealloc {
+			end := w.size + int64(n)
+			pad := min((pageSize-end%pageSize)%pageSize, max(s.capacity-end, 0))
+			w.buf = append(w.buf, zeroPage[:pad]...)
+		}
 		if _, err := w.active.f.WriteAt(w.buf, w.size); err != nil {
 			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
 		}
-		w.size += int64(len(w.buf))
-		w.written += int64(len(w.buf))
+		w.size += int64(n)
+		w.written += int64(n)
 		w.buf = w.buf[:0]
 		w.dirty = true
 	}
@@ -321,7 +333,7 @@ func (w *writer) roll() error {
 	}
 	w.closed = append(w.closed, w.active)
 	s := newSegment(l.dir, base, f, w.runMax)
-	s.prealloc = prealloc
+	s.prealloc, s.capacity = prealloc, l.opts.SegmentBytes
 	l.stats.rolls.Add(1)
 	if prealloc {
 		l.stats.preallocRolls.Add(1)

@@ -80,6 +80,8 @@ import (
 // scheduled time (which also catches a late start) are reported as
 // sched_*. Then the log's maximum: -goroutines goroutines each keeping a
 // window of single-record AppendAsync calls in flight, for -max-duration.
+// Both runs start on a new log and measure after -warmup, by when the log
+// runs on preallocated segments as a server's long-lived log does.
 func init() {
 	Register(Scenario{
 		Name:  "log-append",
@@ -96,13 +98,13 @@ type logAppendConfig struct {
 	noNetwork, noSyncAlways                bool
 	runTimeout                             time.Duration
 	// (b)
-	rate                    float64
-	duration, maxDuration   time.Duration
-	goroutines, asyncWindow int
-	noInProcess             bool
-	cpuProfile, dir         string
-	profileDir, trace       string
-	keep                    bool
+	rate                          float64
+	duration, maxDuration, warmup time.Duration
+	goroutines, asyncWindow       int
+	noInProcess                   bool
+	cpuProfile, dir               string
+	profileDir, trace             string
+	keep                          bool
 }
 
 func logAppendFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]any, error) {
@@ -119,12 +121,13 @@ func logAppendFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	fs.IntVar(&c.syncAlwaysRecords, "sync-always-records", 20_000, "(a) records for JetStream with sync_interval: always, which fsyncs each message (a rate is a rate)")
 	fs.DurationVar(&c.runTimeout, "run-timeout", 5*time.Minute, "(a) give up on one system's run after this long")
 	fs.Float64Var(&c.rate, "rate", 20_000, "(b) offered appends per second")
-	fs.DurationVar(&c.duration, "duration", 15*time.Second, "(b) how long to offer -rate")
+	fs.DurationVar(&c.duration, "duration", 15*time.Second, "(b) how long to offer -rate and measure")
+	fs.DurationVar(&c.warmup, "warmup", 3*time.Second, "(b) how long to offer -rate before measuring (a new log moves into preallocated segments)")
 	fs.DurationVar(&c.maxDuration, "max-duration", 5*time.Second, "(b) how long to measure the maximum")
 	fs.IntVar(&c.goroutines, "goroutines", 200, "(b) appending goroutines")
 	fs.IntVar(&c.asyncWindow, "async-window", 16, "(b) AppendAsync calls in flight per goroutine when measuring the maximum")
 	fs.BoolVar(&c.noInProcess, "no-inprocess", false, "skip (b)")
-	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "(b) write a CPU profile of the maximum-rate run to this file")
+	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "(b) write CPU profiles of the fixed-rate and maximum-rate runs to this file name with -rate and -max before its extension")
 	fs.StringVar(&c.trace, "trace", "", "(b) write an execution trace of the fixed-rate run to this file")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "(a) write a CPU profile of every child process (system-role-round.pprof) to this directory")
 	fs.StringVar(&c.dir, "dir", "", "working directory (default: a new temporary directory)")
@@ -892,7 +895,7 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(progress, "log-append: in process: %.0f appends/s from %d goroutines for %v\n", c.rate, c.goroutines, c.duration)
+		fmt.Fprintf(progress, "log-append: in process: %.0f appends/s from %d goroutines for %v after %v of warm-up\n", c.rate, c.goroutines, c.duration, c.warmup)
 		if c.trace != "" {
 			f, err := os.Create(c.trace)
 			if err != nil {
@@ -903,7 +906,14 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 				return err
 			}
 		}
-		lat, sched, achieved, err := laFixedRate(ctx, clog, value, c.rate, c.duration, c.goroutines)
+		stopProfile, err := laProfile(c.cpuProfile, "-rate")
+		if err != nil {
+			return err
+		}
+		cpu0 := processCPU()
+		lat, sched, achieved, err := laFixedRate(ctx, clog, value, c.rate, c.warmup, c.duration, c.goroutines)
+		cpu := processCPU() - cpu0
+		stopProfile()
 		if c.trace != "" {
 			trace.Stop()
 		}
@@ -917,6 +927,8 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 			return roundTo(float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Nanoseconds())/1e6, 3)
 		}
 		res["offered_rate"] = c.rate
+		res["warmup_s"] = c.warmup.Seconds()
+		res["latency_run_cpu_us_per_append"] = roundTo(cpu.Seconds()*1e6/(c.rate*(c.warmup+c.duration).Seconds()), 2)
 		res["achieved_rate"] = roundTo(achieved, 0)
 		res["latency_samples"] = len(lat)
 		res["p50_ms"], res["p99_ms"], res["p99_6_ms"], res["p99_996_ms"] = q(lat, 0.5), q(lat, 0.99), q(lat, 0.996), q(lat, 0.99996)
@@ -934,20 +946,12 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 	}
 	defer clog.Close()
 	fmt.Fprintf(progress, "log-append: in process: maximum, %d goroutines × %d single-record AppendAsync in flight, for %v\n", c.goroutines, c.asyncWindow, c.maxDuration)
-	if c.cpuProfile != "" {
-		f, err := os.Create(c.cpuProfile)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return err
-		}
+	stopProfile, err := laProfile(c.cpuProfile, "-max")
+	if err != nil {
+		return err
 	}
-	rate, err := laMaxRate(ctx, clog, value, c.maxDuration, c.goroutines, c.asyncWindow)
-	if c.cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	rate, err := laMaxRate(ctx, clog, value, c.warmup, c.maxDuration, c.goroutines, c.asyncWindow)
+	stopProfile()
 	if err != nil {
 		return err
 	}
@@ -962,11 +966,13 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 }
 
 // laFixedRate offers rate single-record blocking Appends per second from
-// g goroutines for d. Goroutine w makes its k-th append at start +
+// g goroutines for warmup+d. Goroutine w makes its k-th append at start +
 // (k·g + w)/rate, or at once if it is late. It returns the sorted
-// latencies from the call, and from the scheduled time.
-func laFixedRate(ctx context.Context, clog commitlog.Log, value []byte, rate float64, d time.Duration, g int) (lat, sched []time.Duration, achieved float64, err error) {
-	total := int(rate * d.Seconds())
+// latencies, from the call and from the scheduled time, of the appends
+// scheduled after the warm-up, and the rate achieved for them.
+func laFixedRate(ctx context.Context, clog commitlog.Log, value []byte, rate float64, warmup, d time.Duration, g int) (lat, sched []time.Duration, achieved float64, err error) {
+	total := int(rate * (warmup + d).Seconds())
+	measured := int(rate * warmup.Seconds()) // the first measured append
 	lats := make([][]time.Duration, g)
 	scheds := make([][]time.Duration, g)
 	var firstErr atomic.Pointer[error]
@@ -995,14 +1001,16 @@ func laFixedRate(ctx context.Context, clog commitlog.Log, value []byte, rate flo
 					firstErr.CompareAndSwap(nil, &err)
 					return
 				}
-				now := time.Now()
-				lats[w] = append(lats[w], now.Sub(t0))
-				scheds[w] = append(scheds[w], now.Sub(due))
+				if i >= measured {
+					now := time.Now()
+					lats[w] = append(lats[w], now.Sub(t0))
+					scheds[w] = append(scheds[w], now.Sub(due))
+				}
 			}
 		})
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
+	elapsed := time.Since(start.Add(warmup))
 	if p := firstErr.Load(); p != nil {
 		return nil, nil, 0, *p
 	}
@@ -1019,14 +1027,13 @@ func laFixedRate(ctx context.Context, clog commitlog.Log, value []byte, rate flo
 }
 
 // laMaxRate runs g goroutines, each keeping window single-record
-// AppendAsync calls in flight, for d, and returns appends acknowledged
-// per second.
-func laMaxRate(ctx context.Context, clog commitlog.Log, value []byte, d time.Duration, g, window int) (float64, error) {
+// AppendAsync calls in flight, for warmup+d, and returns appends
+// acknowledged per second after the warm-up.
+func laMaxRate(ctx context.Context, clog commitlog.Log, value []byte, warmup, d time.Duration, g, window int) (float64, error) {
 	var acked atomic.Int64
 	var firstErr atomic.Pointer[error]
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	start := time.Now()
 	for w := range g {
 		wg.Go(func() {
 			producer := fmt.Sprint("max-", w)
@@ -1053,13 +1060,19 @@ func laMaxRate(ctx context.Context, clog commitlog.Log, value []byte, d time.Dur
 			}
 		})
 	}
-	t := time.NewTimer(d)
+	t := time.NewTimer(warmup)
 	select {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	n := acked.Load()
-	elapsed := time.Since(start)
+	n0, t0 := acked.Load(), time.Now()
+	t.Reset(d)
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	n := acked.Load() - n0
+	elapsed := time.Since(t0)
 	close(stop)
 	wg.Wait()
 	if p := firstErr.Load(); p != nil {
@@ -1072,6 +1085,24 @@ func laMaxRate(ctx context.Context, clog commitlog.Log, value []byte, d time.Dur
 }
 
 // ---- helpers ----
+
+// laProfile starts a CPU profile into name with suffix before its
+// extension, if name is set, and returns its stop function.
+func laProfile(name, suffix string) (stop func(), err error) {
+	if name == "" {
+		return func() {}, nil
+	}
+	ext := filepath.Ext(name)
+	f, err := os.Create(strings.TrimSuffix(name, ext) + suffix + ext)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
