@@ -81,7 +81,11 @@ import (
 // sched_*. Then the log's maximum: -goroutines goroutines each keeping a
 // window of single-record AppendAsync calls in flight, for -max-duration.
 // Both runs start on a new log and measure after -warmup, by when the log
-// runs on preallocated segments as a server's long-lived log does.
+// runs on preallocated segments as a server's long-lived log does. Before
+// them, -disk-probe measures the disk alone: one 4 KiB overwrite and
+// fdatasync at a time (disk_fsync_*), the floor under any durable
+// acknowledgement on that disk at that moment; on a disk shared with other
+// workloads its tail, not the log, sets the latency percentiles.
 func init() {
 	Register(Scenario{
 		Name:  "log-append",
@@ -102,6 +106,7 @@ type logAppendConfig struct {
 	duration, maxDuration, warmup time.Duration
 	goroutines, asyncWindow       int
 	noInProcess                   bool
+	diskProbe                     time.Duration
 	cpuProfile, dir               string
 	profileDir, trace             string
 	keep                          bool
@@ -127,6 +132,7 @@ func logAppendFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	fs.IntVar(&c.goroutines, "goroutines", 200, "(b) appending goroutines")
 	fs.IntVar(&c.asyncWindow, "async-window", 16, "(b) AppendAsync calls in flight per goroutine when measuring the maximum")
 	fs.BoolVar(&c.noInProcess, "no-inprocess", false, "skip (b)")
+	fs.DurationVar(&c.diskProbe, "disk-probe", 5*time.Second, "(b) first measure the disk alone (serial 4 KiB overwrite + fdatasync) for this long; 0 skips it")
 	fs.StringVar(&c.cpuProfile, "cpuprofile", "", "(b) write CPU profiles of the fixed-rate and maximum-rate runs to this file name with -rate and -max before its extension")
 	fs.StringVar(&c.trace, "trace", "", "(b) write an execution trace of the fixed-rate run to this file")
 	fs.StringVar(&c.profileDir, "profile-dir", "", "(a) write a CPU profile of every child process (system-role-round.pprof) to this directory")
@@ -890,6 +896,16 @@ func laNATSProducer(ctx context.Context, spec laSpec) (map[string]any, error) {
 
 func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir string, res map[string]any) error {
 	value := telemetry(rand.New(rand.NewPCG(1, 2)), 0, 0, c.payload)
+	if c.diskProbe > 0 {
+		fmt.Fprintf(progress, "log-append: the disk alone: one 4 KiB overwrite and fdatasync at a time, for %v\n", c.diskProbe)
+		lat, err := laDiskProbe(ctx, filepath.Join(dir, "disk-probe"), c.diskProbe)
+		if err != nil {
+			return err
+		}
+		q := func(p float64) float64 { return laQuantileMs(lat, p) }
+		res["disk_fsync_p50_ms"], res["disk_fsync_p99_ms"], res["disk_fsync_p99_6_ms"], res["disk_fsync_max_ms"] = q(0.5), q(0.99), q(0.996), q(1)
+		fmt.Fprintf(progress, "log-append: the disk alone: fdatasync p50 %.3f ms, p99 %.3f, p99.6 %.3f, max %.3f (%d samples)\n", q(0.5), q(0.99), q(0.996), q(1), len(lat))
+	}
 	{
 		clog, err := commitlog.Open(filepath.Join(dir, "inprocess-latency"), commitlog.Options{})
 		if err != nil {
@@ -923,9 +939,7 @@ func laInProcess(ctx context.Context, progress io.Writer, c logAppendConfig, dir
 		if err != nil {
 			return err
 		}
-		q := func(lat []time.Duration, p float64) float64 {
-			return roundTo(float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Nanoseconds())/1e6, 3)
-		}
+		q := laQuantileMs
 		res["offered_rate"] = c.rate
 		res["warmup_s"] = c.warmup.Seconds()
 		res["latency_run_cpu_us_per_append"] = roundTo(cpu.Seconds()*1e6/(c.rate*(c.warmup+c.duration).Seconds()), 2)
@@ -1085,6 +1099,52 @@ func laMaxRate(ctx context.Context, clog commitlog.Log, value []byte, warmup, d 
 }
 
 // ---- helpers ----
+
+// laQuantileMs is the p-quantile of sorted latencies, in milliseconds.
+func laQuantileMs(lat []time.Duration, p float64) float64 {
+	return roundTo(float64(lat[min(len(lat)-1, int(p*float64(len(lat))))].Nanoseconds())/1e6, 3)
+}
+
+// laDiskProbe measures the disk under the log: it overwrites 4 KiB of a
+// zero-filled file and fdatasyncs it, one at a time, for d, and returns
+// the sorted fdatasync latencies. No log can acknowledge durably faster
+// than this on the same disk at the same moment.
+func laDiskProbe(ctx context.Context, path string, d time.Duration) ([]time.Duration, error) {
+	const size = 64 << 20
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(path)
+	defer f.Close()
+	zero := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(zero)) {
+		if _, err := f.WriteAt(zero, off); err != nil {
+			return nil, err
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return nil, err
+	}
+	page := make([]byte, 4096)
+	var lat []time.Duration
+	for off, end := int64(0), time.Now().Add(d); time.Now().Before(end) && ctx.Err() == nil; off = (off + 4096) % size {
+		page[0]++
+		if _, err := f.WriteAt(page, off); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			return nil, err
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	if len(lat) == 0 {
+		return nil, errors.New("disk probe: no samples")
+	}
+	slices.Sort(lat)
+	return lat, ctx.Err()
+}
 
 // laProfile starts a CPU profile into name with suffix before its
 // extension, if name is set, and returns its stop function.
