@@ -50,8 +50,9 @@ const (
 	spareName = "segment.spare"
 	spareTmp  = spareName + ".tmp"
 
-	// prepareAfterBytes is how much a log writes to a segment that is not
-	// preallocated before it prepares a spare to move to.
+	// prepareAfterBytes is how much a log writes after Open before it
+	// prepares a spare to move to, if its active segment is not
+	// preallocated.
 	prepareAfterBytes = 1 << 20
 	// zeroChunk is the size of the preparer's writes; it fsyncs every
 	// zeroSyncEvery bytes so that its writeback reaches the disk in

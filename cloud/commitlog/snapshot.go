@@ -198,9 +198,6 @@ const maxSegmentFile = 1<<30 + maxBodyLen + frameHeaderLen
 // (the segment's fields and the topic index), so it needs no lock.
 func (l *FileLog) takeSnapshot(s *segment) (*snapshot, error) {
 	sn := &snapshot{base: s.base, next: s.next, size: s.size, runMax: s.runMax, index: slices.Clone(s.index)}
-	if s.next <= s.base {
-		return nil, errors.New("empty segment")
-	}
 	// The last frame: scan from the last index entry.
 	pos := int64(0)
 	if k := len(s.index); k > 0 {
@@ -243,6 +240,9 @@ func bodyLen(m *recordMeta) int {
 // writeSnapshot saves the snapshot of closed segment s. Failures are
 // logged: the next Open scans the segment instead.
 func (l *FileLog) writeSnapshot(s *segment) {
+	if s.next == s.base {
+		return // nothing to load: a scan of it is free
+	}
 	sn, err := l.takeSnapshot(s)
 	if err == nil {
 		err = writeFile(l.fs, filepath.Join(l.dir, snapshotName(s.base)), encodeSnapshot(sn))
