@@ -780,6 +780,10 @@ loop:
 		res.RefusedPublishes += int(s.Refused)
 	}
 	r.mu.Unlock()
+	if !settledAll {
+		r.notes = append(r.notes, fmt.Sprintf("the drain timeout (%v) ran out before every message was settled: %d acknowledged messages were not delivered everywhere by then and count as lost (%d of the %d acknowledged are in the central log: for those, delivery was late at least); %d messages were never acknowledged",
+			sc.DrainTimeout, sum.Lost, sum.InLog, sum.Acked, sum.Failed))
+	}
 	return r.report(res, started, pubEnd, mark, drainedAt, end), nil
 }
 
