@@ -236,12 +236,12 @@ rm -f "$DIST/.ociimage"
 if want skopeo skopeo; then
 	for img in tributary-edge tributary-cloud; do
 		for arch in amd64 arm64; do
-			got=$(skopeo inspect --override-os linux --override-arch "$arch" --format '{{.Os}}/{{.Architecture}} {{len .Layers}} layers' "oci:$DIST/oci/$img:$OCI_TAG")
+			got=$(skopeo inspect --override-os linux --override-arch "$arch" --format '{{.Os}}/{{.Architecture}} {{len .Layers}} layers' "oci:$DIST/oci/$img:$img:$OCI_TAG")
 			[ "$got" = "linux/$arch 2 layers" ] || die "skopeo inspect $img $arch: $got"
 		done
 		# A full copy reads every blob and checks its digest, as a push would.
 		scratch=$(mktemp -d)
-		skopeo copy -q --all "oci-archive:$DIST/oci/$img.tar:$OCI_TAG" "dir:$scratch" || die "skopeo copy --all $img failed"
+		skopeo copy -q --all "oci-archive:$DIST/oci/$img.tar:$img:$OCI_TAG" "dir:$scratch" || die "skopeo copy --all $img failed"
 		rm -rf "$scratch"
 		say "skopeo: $img:$OCI_TAG reads and copies (amd64, arm64$([ "$img" = tributary-edge ] && echo ', arm/v7'))"
 	done

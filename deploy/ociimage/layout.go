@@ -112,8 +112,10 @@ type Entry struct {
 type Spec struct {
 	// Name is the image's title label, e.g. "tributary-cloud".
 	Name string
-	// Tag is the reference name in index.json (the tag a registry push or
-	// podman load gives the image). Required.
+	// Tag is the image's tag. index.json names the image "Name:Tag" (the
+	// org.opencontainers.image.ref.name annotation): skopeo addresses it as
+	// oci:DIR:Name:Tag, and podman load names it localhost/Name:Tag.
+	// Required.
 	Tag string
 	// Created stamps the config and every tar header, so the same inputs give
 	// the same digests.
@@ -125,6 +127,15 @@ type Spec struct {
 	Platforms []PlatformImage
 	// Config is the runtime configuration of every platform.
 	Config RuntimeConfig
+}
+
+// RefName is the name index.json gives the image: "Name:Tag", or the tag
+// alone without a name.
+func (s Spec) RefName() string {
+	if s.Name == "" {
+		return s.Tag
+	}
+	return s.Name + ":" + s.Tag
 }
 
 // PlatformImage is one platform's own layer.
@@ -205,7 +216,7 @@ func WriteLayout(dir string, spec Spec) (Layout, error) {
 	if err != nil {
 		return Layout{}, err
 	}
-	idxDesc.Annotations = map[string]string{annotationRefName: spec.Tag}
+	idxDesc.Annotations = map[string]string{annotationRefName: spec.RefName()}
 	if err := writeFileAtomic(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
 		return Layout{}, err
 	}

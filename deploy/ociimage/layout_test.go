@@ -203,7 +203,7 @@ func TestLayoutIsValidAndComplete(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "layout")
 	archive := filepath.Join(t.TempDir(), "image.tar")
 	build(t, dir, "-archive", archive)
-	_, images := verifyLayout(t, dir, "1.2.3-4-gabc")
+	_, images := verifyLayout(t, dir, "tributary-cloud:1.2.3-4-gabc")
 	if len(images) != 3 {
 		t.Fatalf("%d platforms, want 3", len(images))
 	}
@@ -283,14 +283,14 @@ func TestLayoutIsReproducible(t *testing.T) {
 	a, b := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
 	build(t, a)
 	build(t, b)
-	da, _ := verifyLayout(t, a, "1.2.3-4-gabc")
-	db, _ := verifyLayout(t, b, "1.2.3-4-gabc")
+	da, _ := verifyLayout(t, a, "tributary-cloud:1.2.3-4-gabc")
+	db, _ := verifyLayout(t, b, "tributary-cloud:1.2.3-4-gabc")
 	if da.Digest != db.Digest {
 		t.Fatalf("same inputs, different digests: %s and %s", da.Digest, db.Digest)
 	}
 	c := filepath.Join(t.TempDir(), "c")
 	build(t, c, "-epoch", "1700000001")
-	if dc, _ := verifyLayout(t, c, "1.2.3-4-gabc"); dc.Digest == da.Digest {
+	if dc, _ := verifyLayout(t, c, "tributary-cloud:1.2.3-4-gabc"); dc.Digest == da.Digest {
 		t.Fatal("a different timestamp gave the same digest")
 	}
 }
@@ -346,7 +346,7 @@ func TestSkopeoReadsLayout(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "layout")
 	archive := filepath.Join(t.TempDir(), "image.tar")
 	build(t, dir, "-archive", archive)
-	for _, ref := range []string{"oci:" + dir + ":1.2.3-4-gabc", "oci-archive:" + archive + ":1.2.3-4-gabc"} {
+	for _, ref := range []string{"oci:" + dir + ":tributary-cloud:1.2.3-4-gabc", "oci-archive:" + archive + ":tributary-cloud:1.2.3-4-gabc"} {
 		out, err := exec.Command(skopeo, "inspect", "--override-os", "linux", "--override-arch", "arm64", ref).CombinedOutput()
 		if err != nil {
 			t.Fatalf("skopeo inspect %s: %v\n%s", ref, err, out)
@@ -360,7 +360,7 @@ func TestSkopeoReadsLayout(t *testing.T) {
 		}
 	}
 	dst := t.TempDir()
-	if out, err := exec.Command(skopeo, "copy", "--all", "oci:"+dir+":1.2.3-4-gabc", "dir:"+dst).CombinedOutput(); err != nil {
+	if out, err := exec.Command(skopeo, "copy", "--all", "oci:"+dir+":tributary-cloud:1.2.3-4-gabc", "dir:"+dst).CombinedOutput(); err != nil {
 		t.Fatalf("skopeo copy --all: %v\n%s", err, out)
 	}
 
@@ -386,7 +386,7 @@ func TestSkopeoReadsLayout(t *testing.T) {
 	if err := os.WriteFile(p, data, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command(skopeo, "copy", "--all", "oci:"+dir+":1.2.3-4-gabc", "dir:"+t.TempDir()).CombinedOutput(); err == nil {
+	if out, err := exec.Command(skopeo, "copy", "--all", "oci:"+dir+":tributary-cloud:1.2.3-4-gabc", "dir:"+t.TempDir()).CombinedOutput(); err == nil {
 		t.Fatalf("skopeo copied a layout with a corrupted blob:\n%s", out)
 	}
 }

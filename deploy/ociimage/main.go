@@ -1,8 +1,9 @@
 // Command ociimage builds a multi-platform OCI image of one Tributary binary
 // without a container engine: it writes an OCI image layout (oci-layout,
 // index.json, blobs/sha256) and, with -archive, the same layout as a tar.
-// `skopeo copy --all oci:DIR:TAG docker://REGISTRY/NAME:TAG` pushes it,
-// `podman load -i ARCHIVE` loads it (the platform of the host).
+// `skopeo copy --all oci:DIR:NAME:TAG docker://REGISTRY/NAME:TAG` pushes it,
+// `podman load -i ARCHIVE` loads it as localhost/NAME:TAG (the platform of the
+// host).
 //
 // The image has two layers. The first, shared by every platform, holds
 // /etc/passwd and /etc/group with root and the unprivileged user tributary
@@ -57,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	var binaries, files, ports, cmd, labels multi
 	name := fs.String("name", "", "image and binary `name`, e.g. tributary-edge (required)")
-	tag := fs.String("tag", "", "reference name written to index.json (required)")
+	tag := fs.String("tag", "", "image `tag`; index.json names the image NAME:TAG (required)")
 	fs.Var(&binaries, "binary", "`os/arch[/variant]=path` of the binary for one platform (repeat for each)")
 	fs.Var(&files, "file", "`/image/path=host-path`: a 0644 file in every platform's layer (repeatable)")
 	stateDir := fs.String("state-dir", "", "`directory` owned by the image user, declared a volume and the working directory")
@@ -177,7 +178,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 	}
-	fmt.Fprintf(stdout, "%s:%s %s (%d platforms)\n", *out, *tag, l.Index.Digest, len(spec.Platforms))
+	fmt.Fprintf(stdout, "%s:%s %s (%d platforms)\n", *out, spec.RefName(), l.Index.Digest, len(spec.Platforms))
 	return 0
 }
 
