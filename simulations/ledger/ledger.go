@@ -701,9 +701,6 @@ func btoi(b bool) int {
 	return 0
 }
 
-// Quantile returns the q-quantile (0..1) of sorted, 0 if it is empty.
-func Quantile(sorted []time.Duration, q float64) time.Duration { return quantile(sorted, q) }
-
 func quantile(sorted []time.Duration, q float64) time.Duration {
 	if len(sorted) == 0 {
 		return 0
