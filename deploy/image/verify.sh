@@ -112,7 +112,7 @@ for f in config.txt cmdline.txt; do
 	mtype -i "$boot_at" "::/$f" >/dev/null 2>&1 || fail "boot partition has no $f (raspi-firmware)"
 done
 listing=$(mdir -b -i "$boot_at" ::/)
-grep -q 'vmlinuz-' <<<"$listing" || fail "boot partition has no kernel"
+grep -Eq 'vmlinuz-|kernel8\.img' <<<"$listing" || fail "boot partition has no kernel: $listing"
 grep -q 'root=LABEL=TRIBROOT' <(mtype -i "$boot_at" ::/cmdline.txt) || fail "cmdline.txt does not boot LABEL=TRIBROOT: $(mtype -i "$boot_at" ::/cmdline.txt)"
 pass "boot partition: TRIBBOOT with firmware config, kernel, cmdline root=LABEL=TRIBROOT"
 
