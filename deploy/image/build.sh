@@ -23,8 +23,10 @@
 # Needs root and the network to Debian's mirror. Installs what it needs with
 # apt-get (debootstrap, qemu-user-static, binfmt-support, dosfstools, mtools,
 # fdisk, e2fsprogs). Takes a long time the first time (the base system is
-# configured under emulation); the configured base is cached in $CACHE, keyed
-# by suite, mirror and package list, so later builds only redo the image.
+# configured under emulation: about an hour on a busy 2-core machine); the
+# bootstrapped system and the one with the kernel are cached in $CACHE, keyed
+# by suite, mirror and package lists, so later builds only redo the gateway
+# layer and the image.
 #
 # Environment (all optional):
 #   DEB      the tributary-edge arm64 .deb (default: newest in dist/deb)
@@ -104,27 +106,52 @@ umount_vfs() {
 
 # --- 1. base system (cached) -------------------------------------------------
 base_pkgs="systemd,systemd-sysv,systemd-timesyncd,systemd-resolved,udev,dbus,kmod,iproute2,iputils-ping,\
-openssh-server,ca-certificates,procps,adduser,init-system-helpers,dosfstools,e2fsprogs,fdisk,cloud-guest-utils,\
-less,nano,apt"
+openssh-server,ca-certificates,procps,adduser,init-system-helpers,dosfstools,e2fsprogs,fdisk,apt"
 kernel_pkgs="linux-image-arm64 raspi-firmware firmware-brcm80211"
 raspi_default="ROOTPART=LABEL=TRIBROOT
 CONSOLES=\"ttyS1,115200 tty0\"
 KERNEL_ARGS=\"fsck.repair=yes rootwait\""
-key=$(printf '%s\n' "$SUITE" "$MIRROR" "$base_pkgs" "$kernel_pkgs" "$raspi_default" "v1" | sha256sum | cut -c1-16)
+# Two cache levels, so a failure after the slow second stage does not
+# repeat it: the bootstrapped system, and that with the kernel installed.
+key1=$(printf '%s\n' "$SUITE" "$MIRROR" "$base_pkgs" "v2" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "$key1" "$kernel_pkgs" "$raspi_default" | sha256sum | cut -c1-16)
+cached1=${CACHE:+$CACHE/bootstrap-$SUITE-arm64-$key1.tar.gz}
 cached=${CACHE:+$CACHE/base-$SUITE-arm64-$key.tar.gz}
+save_cache() { # save_cache FILE
+	[ -n "$1" ] || return 0
+	mkdir -p "$CACHE"
+	tar -czpf "$1.tmp" --numeric-owner -C "$rootfs" . && mv "$1.tmp" "$1"
+	say "cached in $1"
+}
+# The chroot resolves names with the host's resolver while apt runs; the
+# image keeps systemd-resolved's stub link.
+host_resolv() {
+	resolv_link=$(readlink "$rootfs/etc/resolv.conf" || true)
+	cp --remove-destination /etc/resolv.conf "$rootfs/etc/resolv.conf"
+}
+image_resolv() {
+	if [ -n "${resolv_link:-}" ]; then ln -sfn "$resolv_link" "$rootfs/etc/resolv.conf"; fi
+}
 t0=$(date +%s)
 mkdir -p "$rootfs"
 if [ -n "$cached" ] && [ -f "$cached" ]; then
 	say "base system from cache $cached"
 	tar -xzpf "$cached" --numeric-owner -C "$rootfs"
 else
-	say "debootstrap $SUITE arm64 (first stage) from $MIRROR"
-	debootstrap --arch=arm64 --foreign --variant=minbase --components=main,non-free-firmware \
-		--include="$base_pkgs" "$SUITE" "$rootfs" "$MIRROR" >"$WORK/debootstrap1.log" 2>&1 ||
-		{ tail -20 "$WORK/debootstrap1.log"; die "debootstrap first stage failed"; }
-	say "debootstrap second stage (under qemu-aarch64; slow)"
-	chroot "$rootfs" /debootstrap/debootstrap --second-stage >"$WORK/debootstrap2.log" 2>&1 ||
-		{ tail -20 "$WORK/debootstrap2.log"; die "debootstrap second stage failed"; }
+	if [ -n "$cached1" ] && [ -f "$cached1" ]; then
+		say "bootstrapped system from cache $cached1"
+		tar -xzpf "$cached1" --numeric-owner -C "$rootfs"
+	else
+		say "debootstrap $SUITE arm64 (first stage) from $MIRROR"
+		debootstrap --arch=arm64 --foreign --variant=minbase --components=main,non-free-firmware \
+			--include="$base_pkgs" "$SUITE" "$rootfs" "$MIRROR" >"$WORK/debootstrap1.log" 2>&1 ||
+			{ tail -20 "$WORK/debootstrap1.log"; die "debootstrap first stage failed"; }
+		say "debootstrap second stage (under qemu-aarch64; slow)"
+		chroot "$rootfs" /debootstrap/debootstrap --second-stage >"$WORK/debootstrap2.log" 2>&1 ||
+			{ tail -20 "$WORK/debootstrap2.log"; die "debootstrap second stage failed"; }
+		for m in $(mounts_under "$rootfs"); do umount -l "$m"; done
+		save_cache "$cached1"
+	fi
 	cat >"$rootfs/etc/apt/sources.list" <<-EOF
 	deb $MIRROR $SUITE main non-free-firmware
 	deb $MIRROR $SUITE-updates main non-free-firmware
@@ -134,17 +161,16 @@ else
 	printf '%s\n' "$raspi_default" >"$rootfs/etc/default/raspi-firmware"
 	mkdir -p "$rootfs/boot/firmware"
 	mount_vfs
+	host_resolv
 	say "installing $kernel_pkgs (under qemu-aarch64; slow)"
 	in_root apt-get update -qq >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get update in the image failed"; }
+	! grep -q '^[WE]:' "$WORK/apt.log" || { tail -20 "$WORK/apt.log"; die "apt-get update in the image failed"; }
 	in_root apt-get install -y -qq --no-install-recommends $kernel_pkgs >>"$WORK/apt.log" 2>&1 ||
 		{ tail -20 "$WORK/apt.log"; die "kernel installation failed"; }
 	in_root apt-get clean
+	image_resolv
 	umount_vfs
-	if [ -n "$cached" ]; then
-		mkdir -p "$CACHE"
-		tar -czpf "$cached.tmp" --numeric-owner -C "$rootfs" . && mv "$cached.tmp" "$cached"
-		say "cached the base system in $cached"
-	fi
+	save_cache "$cached"
 fi
 t_base=$(( $(date +%s) - t0 ))
 [ -f "$rootfs/boot/firmware/config.txt" ] || die "raspi-firmware wrote no /boot/firmware/config.txt"
@@ -173,7 +199,8 @@ EOF
 install -m 0755 "$here/files/tributary-image-firstboot" "$rootfs/usr/lib/tributary-image-firstboot"
 install -m 0644 "$here/files/tributary-image-firstboot.service" "$rootfs/etc/systemd/system/tributary-image-firstboot.service"
 mount_vfs
-in_root systemctl enable systemd-networkd systemd-resolved systemd-timesyncd tributary-image-firstboot.service >/dev/null 2>&1
+in_root systemctl enable systemd-networkd systemd-resolved systemd-timesyncd tributary-image-firstboot.service >"$WORK/enable.log" 2>&1 ||
+	{ cat "$WORK/enable.log"; die "systemctl enable failed in the image"; }
 in_root passwd -l root >/dev/null
 # Every card gets its own SSH host keys and machine id on its first boot.
 rm -f "$rootfs"/etc/ssh/ssh_host_*
