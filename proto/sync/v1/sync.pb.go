@@ -214,6 +214,8 @@ type Frame struct {
 	//	*Frame_Batch
 	//	*Frame_Ack
 	//	*Frame_Error
+	//	*Frame_LaneHello
+	//	*Frame_LaneWelcome
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -301,6 +303,24 @@ func (x *Frame) GetError() *Error {
 	return nil
 }
 
+func (x *Frame) GetLaneHello() *LaneHello {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LaneHello); ok {
+			return x.LaneHello
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLaneWelcome() *LaneWelcome {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_LaneWelcome); ok {
+			return x.LaneWelcome
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -325,6 +345,15 @@ type Frame_Error struct {
 	Error *Error `protobuf:"bytes,5,opt,name=error,proto3,oneof"`
 }
 
+type Frame_LaneHello struct {
+	// Priority lanes: see "Priority lanes" below.
+	LaneHello *LaneHello `protobuf:"bytes,16,opt,name=lane_hello,json=laneHello,proto3,oneof"`
+}
+
+type Frame_LaneWelcome struct {
+	LaneWelcome *LaneWelcome `protobuf:"bytes,17,opt,name=lane_welcome,json=laneWelcome,proto3,oneof"`
+}
+
 func (*Frame_Hello) isFrame_Body() {}
 
 func (*Frame_Welcome) isFrame_Body() {}
@@ -334,6 +363,10 @@ func (*Frame_Batch) isFrame_Body() {}
 func (*Frame_Ack) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
+
+func (*Frame_LaneHello) isFrame_Body() {}
+
+func (*Frame_LaneWelcome) isFrame_Body() {}
 
 // Hello opens a session. gateway_id is informational: the cloud takes the
 // identity from the client certificate and refuses a Hello whose gateway_id is
@@ -350,6 +383,9 @@ type Hello struct {
 	FirstSeq uint64 `protobuf:"varint,4,opt,name=first_seq,json=firstSeq,proto3" json:"first_seq,omitempty"`
 	// accepts_credit says the gateway honours Welcome.credit and Ack.credit.
 	AcceptsCredit bool `protobuf:"varint,5,opt,name=accepts_credit,json=acceptsCredit,proto3" json:"accepts_credit,omitempty"`
+	// lanes lists the priority lanes above 0 the gateway will open (see
+	// "Priority lanes" below). Empty: lane 0 only.
+	Lanes         []uint32 `protobuf:"varint,16,rep,packed,name=lanes,proto3" json:"lanes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -419,6 +455,13 @@ func (x *Hello) GetAcceptsCredit() bool {
 	return false
 }
 
+func (x *Hello) GetLanes() []uint32 {
+	if x != nil {
+		return x.Lanes
+	}
+	return nil
+}
+
 // Welcome accepts a session.
 type Welcome struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -433,7 +476,10 @@ type Welcome struct {
 	MaxFrameBytes uint32 `protobuf:"varint,4,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
 	// credit, sent only to gateways that set Hello.accepts_credit, is the
 	// session's first credit; it takes precedence over window.
-	Credit        *Credit `protobuf:"bytes,5,opt,name=credit,proto3" json:"credit,omitempty"`
+	Credit *Credit `protobuf:"bytes,5,opt,name=credit,proto3" json:"credit,omitempty"`
+	// lanes says the cloud serves priority lanes above 0 (LaneHello). An old
+	// cloud leaves it false: the gateway then drains lane 0 only.
+	Lanes         bool `protobuf:"varint,16,opt,name=lanes,proto3" json:"lanes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +547,13 @@ func (x *Welcome) GetCredit() *Credit {
 		return x.Credit
 	}
 	return nil
+}
+
+func (x *Welcome) GetLanes() bool {
+	if x != nil {
+		return x.Lanes
+	}
+	return false
 }
 
 // Credit is what the cloud lets a gateway have unacknowledged from now on.
@@ -855,31 +908,135 @@ func (x *Error) GetMessage() string {
 	return ""
 }
 
+// LaneHello opens lane on its own stream.
+type LaneHello struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Lane          uint32                 `protobuf:"varint,1,opt,name=lane,proto3" json:"lane,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaneHello) Reset() {
+	*x = LaneHello{}
+	mi := &file_sync_v1_sync_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaneHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaneHello) ProtoMessage() {}
+
+func (x *LaneHello) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaneHello.ProtoReflect.Descriptor instead.
+func (*LaneHello) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LaneHello) GetLane() uint32 {
+	if x != nil {
+		return x.Lane
+	}
+	return 0
+}
+
+// LaneWelcome accepts a lane.
+type LaneWelcome struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Lane  uint32                 `protobuf:"varint,1,opt,name=lane,proto3" json:"lane,omitempty"`
+	// high_water_mark is the highest seq of this lane durably in the log.
+	HighWaterMark uint64 `protobuf:"varint,2,opt,name=high_water_mark,json=highWaterMark,proto3" json:"high_water_mark,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaneWelcome) Reset() {
+	*x = LaneWelcome{}
+	mi := &file_sync_v1_sync_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaneWelcome) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaneWelcome) ProtoMessage() {}
+
+func (x *LaneWelcome) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaneWelcome.ProtoReflect.Descriptor instead.
+func (*LaneWelcome) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LaneWelcome) GetLane() uint32 {
+	if x != nil {
+		return x.Lane
+	}
+	return 0
+}
+
+func (x *LaneWelcome) GetHighWaterMark() uint64 {
+	if x != nil {
+		return x.HighWaterMark
+	}
+	return 0
+}
+
 var File_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x12sync/v1/sync.proto\x12\x11tributary.sync.v1\x1a\x10cloudevent.proto\"\x89\x02\n" +
+	"\x12sync/v1/sync.proto\x12\x11tributary.sync.v1\x1a\x10cloudevent.proto\"\x8d\x03\n" +
 	"\x05Frame\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.tributary.sync.v1.HelloH\x00R\x05hello\x126\n" +
 	"\awelcome\x18\x02 \x01(\v2\x1a.tributary.sync.v1.WelcomeH\x00R\awelcome\x120\n" +
 	"\x05batch\x18\x03 \x01(\v2\x18.tributary.sync.v1.BatchH\x00R\x05batch\x12*\n" +
 	"\x03ack\x18\x04 \x01(\v2\x16.tributary.sync.v1.AckH\x00R\x03ack\x120\n" +
-	"\x05error\x18\x05 \x01(\v2\x18.tributary.sync.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"\xdc\x01\n" +
+	"\x05error\x18\x05 \x01(\v2\x18.tributary.sync.v1.ErrorH\x00R\x05error\x12=\n" +
+	"\n" +
+	"lane_hello\x18\x10 \x01(\v2\x1c.tributary.sync.v1.LaneHelloH\x00R\tlaneHello\x12C\n" +
+	"\flane_welcome\x18\x11 \x01(\v2\x1e.tributary.sync.v1.LaneWelcomeH\x00R\vlaneWelcomeB\x06\n" +
+	"\x04body\"\xf2\x01\n" +
 	"\x05Hello\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12\x1d\n" +
 	"\n" +
 	"gateway_id\x18\x02 \x01(\tR\tgatewayId\x12)\n" +
 	"\x10software_version\x18\x03 \x01(\tR\x0fsoftwareVersion\x12\x1b\n" +
 	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\x12%\n" +
-	"\x0eaccepts_credit\x18\x05 \x01(\bR\racceptsCredit\"\xeb\x01\n" +
+	"\x0eaccepts_credit\x18\x05 \x01(\bR\racceptsCredit\x12\x14\n" +
+	"\x05lanes\x18\x10 \x03(\rR\x05lanes\"\x81\x02\n" +
 	"\aWelcome\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12&\n" +
 	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark\x12\x16\n" +
 	"\x06window\x18\x03 \x01(\rR\x06window\x12&\n" +
 	"\x0fmax_frame_bytes\x18\x04 \x01(\rR\rmaxFrameBytes\x121\n" +
-	"\x06credit\x18\x05 \x01(\v2\x19.tributary.sync.v1.CreditR\x06credit\"C\n" +
+	"\x06credit\x18\x05 \x01(\v2\x19.tributary.sync.v1.CreditR\x06credit\x12\x14\n" +
+	"\x05lanes\x18\x10 \x01(\bR\x05lanes\"C\n" +
 	"\x06Credit\x12\x16\n" +
 	"\x06window\x18\x01 \x01(\rR\x06window\x12!\n" +
 	"\fwindow_bytes\x18\x02 \x01(\x04R\vwindowBytes\"\x8b\x01\n" +
@@ -900,7 +1057,12 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x06credit\x18\x02 \x01(\v2\x19.tributary.sync.v1.CreditR\x06credit\"S\n" +
 	"\x05Error\x120\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x1c.tributary.sync.v1.ErrorCodeR\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage*1\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"\x1f\n" +
+	"\tLaneHello\x12\x12\n" +
+	"\x04lane\x18\x01 \x01(\rR\x04lane\"I\n" +
+	"\vLaneWelcome\x12\x12\n" +
+	"\x04lane\x18\x01 \x01(\rR\x04lane\x12&\n" +
+	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark*1\n" +
 	"\aVersion\x12\x17\n" +
 	"\x13VERSION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tVERSION_1\x10\x01*0\n" +
@@ -929,7 +1091,7 @@ func file_sync_v1_sync_proto_rawDescGZIP() []byte {
 }
 
 var file_sync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_sync_v1_sync_proto_goTypes = []any{
 	(Version)(0),          // 0: tributary.sync.v1.Version
 	(Encoding)(0),         // 1: tributary.sync.v1.Encoding
@@ -943,7 +1105,9 @@ var file_sync_v1_sync_proto_goTypes = []any{
 	(*Record)(nil),        // 9: tributary.sync.v1.Record
 	(*Ack)(nil),           // 10: tributary.sync.v1.Ack
 	(*Error)(nil),         // 11: tributary.sync.v1.Error
-	(*pb.CloudEvent)(nil), // 12: io.cloudevents.v1.CloudEvent
+	(*LaneHello)(nil),     // 12: tributary.sync.v1.LaneHello
+	(*LaneWelcome)(nil),   // 13: tributary.sync.v1.LaneWelcome
+	(*pb.CloudEvent)(nil), // 14: io.cloudevents.v1.CloudEvent
 }
 var file_sync_v1_sync_proto_depIdxs = []int32{
 	4,  // 0: tributary.sync.v1.Frame.hello:type_name -> tributary.sync.v1.Hello
@@ -951,19 +1115,21 @@ var file_sync_v1_sync_proto_depIdxs = []int32{
 	7,  // 2: tributary.sync.v1.Frame.batch:type_name -> tributary.sync.v1.Batch
 	10, // 3: tributary.sync.v1.Frame.ack:type_name -> tributary.sync.v1.Ack
 	11, // 4: tributary.sync.v1.Frame.error:type_name -> tributary.sync.v1.Error
-	0,  // 5: tributary.sync.v1.Hello.protocol_version:type_name -> tributary.sync.v1.Version
-	0,  // 6: tributary.sync.v1.Welcome.protocol_version:type_name -> tributary.sync.v1.Version
-	6,  // 7: tributary.sync.v1.Welcome.credit:type_name -> tributary.sync.v1.Credit
-	1,  // 8: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
-	9,  // 9: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
-	12, // 10: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
-	6,  // 11: tributary.sync.v1.Ack.credit:type_name -> tributary.sync.v1.Credit
-	2,  // 12: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	12, // 5: tributary.sync.v1.Frame.lane_hello:type_name -> tributary.sync.v1.LaneHello
+	13, // 6: tributary.sync.v1.Frame.lane_welcome:type_name -> tributary.sync.v1.LaneWelcome
+	0,  // 7: tributary.sync.v1.Hello.protocol_version:type_name -> tributary.sync.v1.Version
+	0,  // 8: tributary.sync.v1.Welcome.protocol_version:type_name -> tributary.sync.v1.Version
+	6,  // 9: tributary.sync.v1.Welcome.credit:type_name -> tributary.sync.v1.Credit
+	1,  // 10: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
+	9,  // 11: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
+	14, // 12: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
+	6,  // 13: tributary.sync.v1.Ack.credit:type_name -> tributary.sync.v1.Credit
+	2,  // 14: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_sync_v1_sync_proto_init() }
@@ -977,6 +1143,8 @@ func file_sync_v1_sync_proto_init() {
 		(*Frame_Batch)(nil),
 		(*Frame_Ack)(nil),
 		(*Frame_Error)(nil),
+		(*Frame_LaneHello)(nil),
+		(*Frame_LaneWelcome)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -984,7 +1152,7 @@ func file_sync_v1_sync_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sync_v1_sync_proto_rawDesc), len(file_sync_v1_sync_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
