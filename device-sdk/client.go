@@ -19,6 +19,13 @@
 //
 // PublishEvent sends a CloudEvent (cloudevents/sdk-go) in structured JSON
 // mode (ContentTypeStructured), which MQTT 3.1.1 can carry.
+//
+// Both answer commands from the cloud (HandleCommand, Config.Commands): a
+// command arrives on CommandTopic, runs its handler once per request id, and
+// the reply (a CommandReply) goes back on ReplyTopic, through the durable
+// buffer on a Device. ReportState publishes the device's reported
+// properties as a JSON merge patch on StateTopic; the cloud keeps the merged
+// result (cloud/devicestate).
 package devicesdk
 
 import (
@@ -26,6 +33,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
@@ -53,10 +61,17 @@ type Config struct {
 	// connection and the cap of the back-off between reconnect attempts.
 	// 0 means 5 s.
 	ReconnectInterval time.Duration
+	// Commands are command handlers by name, installed before the first
+	// connection so that commands the gateway kept while the device was
+	// away find their handler (HandleCommand adds more later). A name must
+	// be one MQTT topic level without wildcards. nil: none (every command
+	// is answered 404 until HandleCommand registers its handler).
+	Commands map[string]CommandHandler
 }
 
-// Validate reports a missing Broker or DeviceID or a negative duration, as
-// an error wrapping ErrConfig.
+// Validate reports a missing Broker or DeviceID, a DeviceID that is not one
+// MQTT topic level, a negative duration or a bad Commands entry, as an error
+// wrapping ErrConfig.
 func (cfg Config) Validate() error {
 	if cfg.Broker == "" {
 		return fmt.Errorf("%w: Broker is required", ErrConfig)
@@ -66,6 +81,17 @@ func (cfg Config) Validate() error {
 	}
 	if cfg.ConnectTimeout < 0 || cfg.KeepAlive < 0 || cfg.ReconnectInterval < 0 {
 		return fmt.Errorf("%w: negative duration", ErrConfig)
+	}
+	if strings.ContainsAny(cfg.DeviceID, "/+#") {
+		return fmt.Errorf("%w: DeviceID %q contains '/', '+' or '#'", ErrConfig, cfg.DeviceID)
+	}
+	for name, h := range cfg.Commands {
+		if name == "" || strings.ContainsAny(name, "/+#") {
+			return fmt.Errorf("%w: command name %q is not one topic level", ErrConfig, name)
+		}
+		if h == nil {
+			return fmt.Errorf("%w: nil handler for command %q", ErrConfig, name)
+		}
 	}
 	return nil
 }
@@ -77,16 +103,20 @@ var ErrConfig = errors.New("devicesdk: invalid config")
 type Client struct {
 	c        mqtt.Client
 	deviceID string
+	cmd      *commander
 }
 
 // Connect connects to the gateway and keeps reconnecting in the background
 // after a connection loss. It returns when the first connection is up or ctx
-// ends.
+// ends. On every connection it subscribes (QoS 1) to the device's commands
+// (see HandleCommand).
 func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := mqtt.NewClient(clientOptions(cfg))
+	cmd := newCommander(cfg.DeviceID, discard(), cfg.Commands, nil)
+	c := newPahoClient(cfg, cmd)
+	cmd.reply = publishReply(c)
 	tok := c.Connect()
 	select {
 	case <-tok.Done():
@@ -95,9 +125,21 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		}
 	case <-ctx.Done():
 		c.Disconnect(0)
+		cmd.close(ctx)
 		return nil, ctx.Err()
 	}
-	return &Client{c: c, deviceID: cfg.DeviceID}, nil
+	return &Client{c: c, deviceID: cfg.DeviceID, cmd: cmd}, nil
+}
+
+// newPahoClient makes the paho client with cmd subscribing on every
+// connection and routing commands that arrive before the subscription is
+// renewed (a resumed session) to cmd.
+func newPahoClient(cfg Config, cmd *commander) mqtt.Client {
+	opts := clientOptions(cfg)
+	opts.SetOnConnectHandler(cmd.onConnect)
+	c := mqtt.NewClient(opts)
+	c.AddRoute(commandFilter(cfg.DeviceID), cmd.onMessage)
+	return c
 }
 
 // clientOptions are the paho options both Client and Device use: a
@@ -156,7 +198,12 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte) erro
 // Connected reports whether the connection is up now.
 func (c *Client) Connected() bool { return c.c.IsConnectionOpen() }
 
-// Close waits up to grace for in-flight publishes, then disconnects.
+// Close cancels running command handlers' context and waits up to grace
+// for them to reply, then waits up to grace for in-flight publishes and
+// disconnects. Commands arriving meanwhile are not run.
 func (c *Client) Close(grace time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), grace)
+	c.cmd.close(ctx)
+	cancel()
 	c.c.Disconnect(uint(grace / time.Millisecond))
 }

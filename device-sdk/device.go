@@ -94,6 +94,7 @@ type Device struct {
 	log  *slog.Logger
 	c    mqtt.Client
 	buf  *buffer
+	cmd  *commander
 	wake chan struct{}
 	stop chan struct{}
 	done chan struct{}
@@ -131,11 +132,15 @@ func Open(cfg DeviceConfig) (*Device, error) {
 	}
 	d := &Device{
 		cfg: cfg, log: log, buf: buf,
-		c:    mqtt.NewClient(clientOptions(cfg.Config)),
 		wake: make(chan struct{}, 1),
 		stop: make(chan struct{}),
 		done: make(chan struct{}),
 	}
+	// Replies go through the buffer, so they survive a broken link.
+	d.cmd = newCommander(cfg.DeviceID, log, cfg.Commands, func(_ context.Context, topic string, payload []byte) error {
+		return d.bufferAppend(topic, payload)
+	})
+	d.c = newPahoClient(cfg.Config, d.cmd)
 	// With ConnectRetry the token completes only once connected (or at
 	// Disconnect).
 	go d.send(d.c.Connect())
@@ -156,6 +161,12 @@ func (d *Device) Enqueue(topic string, payload []byte) error {
 		return ErrClosed
 	}
 	d.mu.Unlock()
+	return d.bufferAppend(topic, payload)
+}
+
+// bufferAppend buffers a message and wakes the sender. Command replies use
+// it directly: they are still buffered while Close waits for handlers.
+func (d *Device) bufferAppend(topic string, payload []byte) error {
 	if _, err := d.buf.append(topic, payload); err != nil {
 		return err
 	}
@@ -210,9 +221,11 @@ func (d *Device) Stats() Stats { return d.buf.stats() }
 // Connected reports whether the connection to the gateway is up now.
 func (d *Device) Connected() bool { return d.c.IsConnectionOpen() }
 
-// Close stops accepting messages, waits until the buffer is flushed or ctx
-// ends, then disconnects and closes the buffer. Messages still buffered stay
-// on disk for the next Open; Close then returns ctx.Err().
+// Close stops accepting messages and commands, cancels running command
+// handlers' context and waits for their replies to be buffered, waits until
+// the buffer is flushed, or until ctx ends, then disconnects and closes the
+// buffer. Messages still buffered stay on disk for the next Open; Close then
+// returns ctx.Err().
 func (d *Device) Close(ctx context.Context) error {
 	d.mu.Lock()
 	if d.closed {
@@ -221,7 +234,10 @@ func (d *Device) Close(ctx context.Context) error {
 	}
 	d.closed = true
 	d.mu.Unlock()
-	ferr := d.Flush(ctx)
+	ferr := d.cmd.close(ctx)
+	if ferr == nil {
+		ferr = d.Flush(ctx)
+	}
 	close(d.stop)
 	<-d.done
 	d.c.Disconnect(100)

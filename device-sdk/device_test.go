@@ -54,7 +54,10 @@ func (g *gate) serve() {
 			c.Close()
 			continue
 		}
-		b, err := net.Dial("tcp", g.target)
+		g.mu.Lock()
+		target := g.target
+		g.mu.Unlock()
+		b, err := net.Dial("tcp", target)
 		if err != nil {
 			c.Close()
 			continue
@@ -65,6 +68,13 @@ func (g *gate) serve() {
 		go func() { io.Copy(b, c); b.Close(); c.Close() }()
 		go func() { io.Copy(c, b); b.Close(); c.Close() }()
 	}
+}
+
+// retarget points the gate at another broker (new connections only).
+func (g *gate) retarget(target string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.target = strings.TrimPrefix(target, "tcp://")
 }
 
 // set opens or closes the gate; closing cuts every proxied connection.
