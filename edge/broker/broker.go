@@ -162,6 +162,8 @@ type Broker struct {
 	replayed atomic.Uint64
 
 	received, forwarded, committed, commitErrors, rejected atomic.Uint64
+
+	cmd commandState // commands.go
 }
 
 // New validates cfg, loads the credentials file if one is configured, and
@@ -314,11 +316,14 @@ func (b *Broker) Start() error {
 		b.store = store
 	}
 
-	if err := srv.AddHook(&authHook{a: b.auth}, nil); err != nil {
+	if err := srv.AddHook(&authHook{a: reservedFirst{b.auth}}, nil); err != nil {
 		return fail(fmt.Errorf("broker: add auth hook: %w", err))
 	}
 	if err := srv.AddHook(&hook{b: b}, nil); err != nil {
 		return fail(fmt.Errorf("broker: add hook: %w", err))
+	}
+	if err := srv.AddHook(&commandHook{b: b}, nil); err != nil {
+		return fail(fmt.Errorf("broker: add commands hook: %w", err))
 	}
 	if store != nil {
 		if err := srv.AddHook(newStoreHook(store), nil); err != nil {

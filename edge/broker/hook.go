@@ -99,7 +99,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return restoreOrigin(pk), nil
 	}
 	b.received.Add(1)
-	route := b.router.route(pk.TopicName)
+	route := b.route(cl, &pk)
 	qos := pk.FixedHeader.Qos
 	if qos == 1 && b.cfg.AckMode == AckAsync {
 		return b.publishAsync(cl, pk, route)
