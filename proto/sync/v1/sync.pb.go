@@ -204,6 +204,64 @@ func (ErrorCode) EnumDescriptor() ([]byte, []int) {
 	return file_sync_v1_sync_proto_rawDescGZIP(), []int{2}
 }
 
+type CommandState int32
+
+const (
+	CommandState_COMMAND_STATE_UNSPECIFIED CommandState = 0
+	CommandState_COMMAND_STATE_ACCEPTED    CommandState = 1 // durable on the gateway, waiting for the device
+	CommandState_COMMAND_STATE_DELIVERED   CommandState = 2 // the device acknowledged the publish
+	CommandState_COMMAND_STATE_REPLIED     CommandState = 3 // the device replied (final)
+	CommandState_COMMAND_STATE_EXPIRED     CommandState = 4 // no reply before expiry (final); reason says why
+	CommandState_COMMAND_STATE_REJECTED    CommandState = 5 // the gateway refused the request (final); reason says why
+)
+
+// Enum value maps for CommandState.
+var (
+	CommandState_name = map[int32]string{
+		0: "COMMAND_STATE_UNSPECIFIED",
+		1: "COMMAND_STATE_ACCEPTED",
+		2: "COMMAND_STATE_DELIVERED",
+		3: "COMMAND_STATE_REPLIED",
+		4: "COMMAND_STATE_EXPIRED",
+		5: "COMMAND_STATE_REJECTED",
+	}
+	CommandState_value = map[string]int32{
+		"COMMAND_STATE_UNSPECIFIED": 0,
+		"COMMAND_STATE_ACCEPTED":    1,
+		"COMMAND_STATE_DELIVERED":   2,
+		"COMMAND_STATE_REPLIED":     3,
+		"COMMAND_STATE_EXPIRED":     4,
+		"COMMAND_STATE_REJECTED":    5,
+	}
+)
+
+func (x CommandState) Enum() *CommandState {
+	p := new(CommandState)
+	*p = x
+	return p
+}
+
+func (x CommandState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CommandState) Descriptor() protoreflect.EnumDescriptor {
+	return file_sync_v1_sync_proto_enumTypes[3].Descriptor()
+}
+
+func (CommandState) Type() protoreflect.EnumType {
+	return &file_sync_v1_sync_proto_enumTypes[3]
+}
+
+func (x CommandState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CommandState.Descriptor instead.
+func (CommandState) EnumDescriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{3}
+}
+
 // Frame is the only message that travels on a stream.
 type Frame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -216,6 +274,9 @@ type Frame struct {
 	//	*Frame_Error
 	//	*Frame_LaneHello
 	//	*Frame_LaneWelcome
+	//	*Frame_CommandRequest
+	//	*Frame_CommandStatus
+	//	*Frame_CommandStatusAck
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -321,6 +382,33 @@ func (x *Frame) GetLaneWelcome() *LaneWelcome {
 	return nil
 }
 
+func (x *Frame) GetCommandRequest() *CommandRequest {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_CommandRequest); ok {
+			return x.CommandRequest
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetCommandStatus() *CommandStatus {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_CommandStatus); ok {
+			return x.CommandStatus
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetCommandStatusAck() *CommandStatusAck {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_CommandStatusAck); ok {
+			return x.CommandStatusAck
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -354,6 +442,19 @@ type Frame_LaneWelcome struct {
 	LaneWelcome *LaneWelcome `protobuf:"bytes,17,opt,name=lane_welcome,json=laneWelcome,proto3,oneof"`
 }
 
+type Frame_CommandRequest struct {
+	// Cloud-to-device commands: see "Commands" below.
+	CommandRequest *CommandRequest `protobuf:"bytes,32,opt,name=command_request,json=commandRequest,proto3,oneof"`
+}
+
+type Frame_CommandStatus struct {
+	CommandStatus *CommandStatus `protobuf:"bytes,33,opt,name=command_status,json=commandStatus,proto3,oneof"`
+}
+
+type Frame_CommandStatusAck struct {
+	CommandStatusAck *CommandStatusAck `protobuf:"bytes,34,opt,name=command_status_ack,json=commandStatusAck,proto3,oneof"`
+}
+
 func (*Frame_Hello) isFrame_Body() {}
 
 func (*Frame_Welcome) isFrame_Body() {}
@@ -367,6 +468,12 @@ func (*Frame_Error) isFrame_Body() {}
 func (*Frame_LaneHello) isFrame_Body() {}
 
 func (*Frame_LaneWelcome) isFrame_Body() {}
+
+func (*Frame_CommandRequest) isFrame_Body() {}
+
+func (*Frame_CommandStatus) isFrame_Body() {}
+
+func (*Frame_CommandStatusAck) isFrame_Body() {}
 
 // Hello opens a session. gateway_id is informational: the cloud takes the
 // identity from the client certificate and refuses a Hello whose gateway_id is
@@ -385,9 +492,12 @@ type Hello struct {
 	AcceptsCredit bool `protobuf:"varint,5,opt,name=accepts_credit,json=acceptsCredit,proto3" json:"accepts_credit,omitempty"`
 	// lanes lists the priority lanes above 0 the gateway will open (see
 	// "Priority lanes" below). Empty: lane 0 only.
-	Lanes         []uint32 `protobuf:"varint,16,rep,packed,name=lanes,proto3" json:"lanes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Lanes []uint32 `protobuf:"varint,16,rep,packed,name=lanes,proto3" json:"lanes,omitempty"`
+	// accepts_commands says the gateway handles CommandRequest frames (see
+	// "Commands" below). An old gateway leaves it false and gets none.
+	AcceptsCommands bool `protobuf:"varint,32,opt,name=accepts_commands,json=acceptsCommands,proto3" json:"accepts_commands,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
@@ -460,6 +570,13 @@ func (x *Hello) GetLanes() []uint32 {
 		return x.Lanes
 	}
 	return nil
+}
+
+func (x *Hello) GetAcceptsCommands() bool {
+	if x != nil {
+		return x.AcceptsCommands
+	}
+	return false
 }
 
 // Welcome accepts a session.
@@ -1007,11 +1124,247 @@ func (x *LaneWelcome) GetHighWaterMark() uint64 {
 	return 0
 }
 
+// CommandRequest asks the gateway to publish a command to one of its devices.
+type CommandRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// request_id is unique per command (the cloud makes it); it is a topic
+	// level on the gateway, so it has no '/', '+' or '#'.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// device is the device's MQTT client id.
+	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	// name is the command name (a topic level).
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// payload is the caller's body, published to the device as-is.
+	Payload []byte `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	// content_type of payload; empty means application/json.
+	ContentType string `protobuf:"bytes,5,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// expires_unix_ms is when the command stops waiting for the device (Unix
+	// milliseconds, the cloud's clock).
+	ExpiresUnixMs int64 `protobuf:"varint,6,opt,name=expires_unix_ms,json=expiresUnixMs,proto3" json:"expires_unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandRequest) Reset() {
+	*x = CommandRequest{}
+	mi := &file_sync_v1_sync_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandRequest) ProtoMessage() {}
+
+func (x *CommandRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandRequest.ProtoReflect.Descriptor instead.
+func (*CommandRequest) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *CommandRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *CommandRequest) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *CommandRequest) GetExpiresUnixMs() int64 {
+	if x != nil {
+		return x.ExpiresUnixMs
+	}
+	return 0
+}
+
+// CommandStatus reports a command's progress on the gateway.
+type CommandStatus struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	State     CommandState           `protobuf:"varint,2,opt,name=state,proto3,enum=tributary.sync.v1.CommandState" json:"state,omitempty"`
+	// reason explains EXPIRED and REJECTED (e.g. "device offline until expiry").
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// reply_status and reply_payload are the device's reply (REPLIED only):
+	// an HTTP-like status and the reply's "payload" JSON value (empty if none).
+	ReplyStatus  int32  `protobuf:"varint,4,opt,name=reply_status,json=replyStatus,proto3" json:"reply_status,omitempty"`
+	ReplyPayload []byte `protobuf:"bytes,5,opt,name=reply_payload,json=replyPayload,proto3" json:"reply_payload,omitempty"`
+	// device the command was for.
+	Device        string `protobuf:"bytes,6,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandStatus) Reset() {
+	*x = CommandStatus{}
+	mi := &file_sync_v1_sync_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandStatus) ProtoMessage() {}
+
+func (x *CommandStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandStatus.ProtoReflect.Descriptor instead.
+func (*CommandStatus) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *CommandStatus) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CommandStatus) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
+func (x *CommandStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CommandStatus) GetReplyStatus() int32 {
+	if x != nil {
+		return x.ReplyStatus
+	}
+	return 0
+}
+
+func (x *CommandStatus) GetReplyPayload() []byte {
+	if x != nil {
+		return x.ReplyPayload
+	}
+	return nil
+}
+
+func (x *CommandStatus) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+// CommandStatusAck acknowledges one CommandStatus: the gateway need not send
+// it again.
+type CommandStatusAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	State         CommandState           `protobuf:"varint,2,opt,name=state,proto3,enum=tributary.sync.v1.CommandState" json:"state,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CommandStatusAck) Reset() {
+	*x = CommandStatusAck{}
+	mi := &file_sync_v1_sync_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CommandStatusAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CommandStatusAck) ProtoMessage() {}
+
+func (x *CommandStatusAck) ProtoReflect() protoreflect.Message {
+	mi := &file_sync_v1_sync_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CommandStatusAck.ProtoReflect.Descriptor instead.
+func (*CommandStatusAck) Descriptor() ([]byte, []int) {
+	return file_sync_v1_sync_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *CommandStatusAck) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+func (x *CommandStatusAck) GetState() CommandState {
+	if x != nil {
+		return x.State
+	}
+	return CommandState_COMMAND_STATE_UNSPECIFIED
+}
+
 var File_sync_v1_sync_proto protoreflect.FileDescriptor
 
 const file_sync_v1_sync_proto_rawDesc = "" +
 	"\n" +
-	"\x12sync/v1/sync.proto\x12\x11tributary.sync.v1\x1a\x10cloudevent.proto\"\x8d\x03\n" +
+	"\x12sync/v1/sync.proto\x12\x11tributary.sync.v1\x1a\x10cloudevent.proto\"\xfb\x04\n" +
 	"\x05Frame\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.tributary.sync.v1.HelloH\x00R\x05hello\x126\n" +
 	"\awelcome\x18\x02 \x01(\v2\x1a.tributary.sync.v1.WelcomeH\x00R\awelcome\x120\n" +
@@ -1020,8 +1373,11 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x05error\x18\x05 \x01(\v2\x18.tributary.sync.v1.ErrorH\x00R\x05error\x12=\n" +
 	"\n" +
 	"lane_hello\x18\x10 \x01(\v2\x1c.tributary.sync.v1.LaneHelloH\x00R\tlaneHello\x12C\n" +
-	"\flane_welcome\x18\x11 \x01(\v2\x1e.tributary.sync.v1.LaneWelcomeH\x00R\vlaneWelcomeB\x06\n" +
-	"\x04body\"\xf2\x01\n" +
+	"\flane_welcome\x18\x11 \x01(\v2\x1e.tributary.sync.v1.LaneWelcomeH\x00R\vlaneWelcome\x12L\n" +
+	"\x0fcommand_request\x18  \x01(\v2!.tributary.sync.v1.CommandRequestH\x00R\x0ecommandRequest\x12I\n" +
+	"\x0ecommand_status\x18! \x01(\v2 .tributary.sync.v1.CommandStatusH\x00R\rcommandStatus\x12S\n" +
+	"\x12command_status_ack\x18\" \x01(\v2#.tributary.sync.v1.CommandStatusAckH\x00R\x10commandStatusAckB\x06\n" +
+	"\x04body\"\x9d\x02\n" +
 	"\x05Hello\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12\x1d\n" +
 	"\n" +
@@ -1029,7 +1385,8 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x10software_version\x18\x03 \x01(\tR\x0fsoftwareVersion\x12\x1b\n" +
 	"\tfirst_seq\x18\x04 \x01(\x04R\bfirstSeq\x12%\n" +
 	"\x0eaccepts_credit\x18\x05 \x01(\bR\racceptsCredit\x12\x14\n" +
-	"\x05lanes\x18\x10 \x03(\rR\x05lanes\"\x81\x02\n" +
+	"\x05lanes\x18\x10 \x03(\rR\x05lanes\x12)\n" +
+	"\x10accepts_commands\x18  \x01(\bR\x0facceptsCommands\"\x81\x02\n" +
 	"\aWelcome\x12E\n" +
 	"\x10protocol_version\x18\x01 \x01(\x0e2\x1a.tributary.sync.v1.VersionR\x0fprotocolVersion\x12&\n" +
 	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark\x12\x16\n" +
@@ -1062,7 +1419,27 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x04lane\x18\x01 \x01(\rR\x04lane\"I\n" +
 	"\vLaneWelcome\x12\x12\n" +
 	"\x04lane\x18\x01 \x01(\rR\x04lane\x12&\n" +
-	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark*1\n" +
+	"\x0fhigh_water_mark\x18\x02 \x01(\x04R\rhighWaterMark\"\xc0\x01\n" +
+	"\x0eCommandRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x18\n" +
+	"\apayload\x18\x04 \x01(\fR\apayload\x12!\n" +
+	"\fcontent_type\x18\x05 \x01(\tR\vcontentType\x12&\n" +
+	"\x0fexpires_unix_ms\x18\x06 \x01(\x03R\rexpiresUnixMs\"\xdd\x01\n" +
+	"\rCommandStatus\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x125\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1f.tributary.sync.v1.CommandStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12!\n" +
+	"\freply_status\x18\x04 \x01(\x05R\vreplyStatus\x12#\n" +
+	"\rreply_payload\x18\x05 \x01(\fR\freplyPayload\x12\x16\n" +
+	"\x06device\x18\x06 \x01(\tR\x06device\"h\n" +
+	"\x10CommandStatusAck\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\tR\trequestId\x125\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1f.tributary.sync.v1.CommandStateR\x05state*1\n" +
 	"\aVersion\x12\x17\n" +
 	"\x13VERSION_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tVERSION_1\x10\x01*0\n" +
@@ -1076,7 +1453,14 @@ const file_sync_v1_sync_proto_rawDesc = "" +
 	"\x17ERROR_CODE_UNAUTHORIZED\x10\x03\x12\x1e\n" +
 	"\x1aERROR_CODE_FRAME_TOO_LARGE\x10\x04\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x05\x12\x1c\n" +
-	"\x18ERROR_CODE_SHUTTING_DOWN\x10\x06B8Z6github.com/tributary-io/tributary/proto/sync/v1;syncv1b\x06proto3"
+	"\x18ERROR_CODE_SHUTTING_DOWN\x10\x06*\xb8\x01\n" +
+	"\fCommandState\x12\x1d\n" +
+	"\x19COMMAND_STATE_UNSPECIFIED\x10\x00\x12\x1a\n" +
+	"\x16COMMAND_STATE_ACCEPTED\x10\x01\x12\x1b\n" +
+	"\x17COMMAND_STATE_DELIVERED\x10\x02\x12\x19\n" +
+	"\x15COMMAND_STATE_REPLIED\x10\x03\x12\x19\n" +
+	"\x15COMMAND_STATE_EXPIRED\x10\x04\x12\x1a\n" +
+	"\x16COMMAND_STATE_REJECTED\x10\x05B8Z6github.com/tributary-io/tributary/proto/sync/v1;syncv1b\x06proto3"
 
 var (
 	file_sync_v1_sync_proto_rawDescOnce sync.Once
@@ -1090,46 +1474,55 @@ func file_sync_v1_sync_proto_rawDescGZIP() []byte {
 	return file_sync_v1_sync_proto_rawDescData
 }
 
-var file_sync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_sync_v1_sync_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_sync_v1_sync_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_sync_v1_sync_proto_goTypes = []any{
-	(Version)(0),          // 0: tributary.sync.v1.Version
-	(Encoding)(0),         // 1: tributary.sync.v1.Encoding
-	(ErrorCode)(0),        // 2: tributary.sync.v1.ErrorCode
-	(*Frame)(nil),         // 3: tributary.sync.v1.Frame
-	(*Hello)(nil),         // 4: tributary.sync.v1.Hello
-	(*Welcome)(nil),       // 5: tributary.sync.v1.Welcome
-	(*Credit)(nil),        // 6: tributary.sync.v1.Credit
-	(*Batch)(nil),         // 7: tributary.sync.v1.Batch
-	(*RecordList)(nil),    // 8: tributary.sync.v1.RecordList
-	(*Record)(nil),        // 9: tributary.sync.v1.Record
-	(*Ack)(nil),           // 10: tributary.sync.v1.Ack
-	(*Error)(nil),         // 11: tributary.sync.v1.Error
-	(*LaneHello)(nil),     // 12: tributary.sync.v1.LaneHello
-	(*LaneWelcome)(nil),   // 13: tributary.sync.v1.LaneWelcome
-	(*pb.CloudEvent)(nil), // 14: io.cloudevents.v1.CloudEvent
+	(Version)(0),             // 0: tributary.sync.v1.Version
+	(Encoding)(0),            // 1: tributary.sync.v1.Encoding
+	(ErrorCode)(0),           // 2: tributary.sync.v1.ErrorCode
+	(CommandState)(0),        // 3: tributary.sync.v1.CommandState
+	(*Frame)(nil),            // 4: tributary.sync.v1.Frame
+	(*Hello)(nil),            // 5: tributary.sync.v1.Hello
+	(*Welcome)(nil),          // 6: tributary.sync.v1.Welcome
+	(*Credit)(nil),           // 7: tributary.sync.v1.Credit
+	(*Batch)(nil),            // 8: tributary.sync.v1.Batch
+	(*RecordList)(nil),       // 9: tributary.sync.v1.RecordList
+	(*Record)(nil),           // 10: tributary.sync.v1.Record
+	(*Ack)(nil),              // 11: tributary.sync.v1.Ack
+	(*Error)(nil),            // 12: tributary.sync.v1.Error
+	(*LaneHello)(nil),        // 13: tributary.sync.v1.LaneHello
+	(*LaneWelcome)(nil),      // 14: tributary.sync.v1.LaneWelcome
+	(*CommandRequest)(nil),   // 15: tributary.sync.v1.CommandRequest
+	(*CommandStatus)(nil),    // 16: tributary.sync.v1.CommandStatus
+	(*CommandStatusAck)(nil), // 17: tributary.sync.v1.CommandStatusAck
+	(*pb.CloudEvent)(nil),    // 18: io.cloudevents.v1.CloudEvent
 }
 var file_sync_v1_sync_proto_depIdxs = []int32{
-	4,  // 0: tributary.sync.v1.Frame.hello:type_name -> tributary.sync.v1.Hello
-	5,  // 1: tributary.sync.v1.Frame.welcome:type_name -> tributary.sync.v1.Welcome
-	7,  // 2: tributary.sync.v1.Frame.batch:type_name -> tributary.sync.v1.Batch
-	10, // 3: tributary.sync.v1.Frame.ack:type_name -> tributary.sync.v1.Ack
-	11, // 4: tributary.sync.v1.Frame.error:type_name -> tributary.sync.v1.Error
-	12, // 5: tributary.sync.v1.Frame.lane_hello:type_name -> tributary.sync.v1.LaneHello
-	13, // 6: tributary.sync.v1.Frame.lane_welcome:type_name -> tributary.sync.v1.LaneWelcome
-	0,  // 7: tributary.sync.v1.Hello.protocol_version:type_name -> tributary.sync.v1.Version
-	0,  // 8: tributary.sync.v1.Welcome.protocol_version:type_name -> tributary.sync.v1.Version
-	6,  // 9: tributary.sync.v1.Welcome.credit:type_name -> tributary.sync.v1.Credit
-	1,  // 10: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
-	9,  // 11: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
-	14, // 12: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
-	6,  // 13: tributary.sync.v1.Ack.credit:type_name -> tributary.sync.v1.Credit
-	2,  // 14: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	5,  // 0: tributary.sync.v1.Frame.hello:type_name -> tributary.sync.v1.Hello
+	6,  // 1: tributary.sync.v1.Frame.welcome:type_name -> tributary.sync.v1.Welcome
+	8,  // 2: tributary.sync.v1.Frame.batch:type_name -> tributary.sync.v1.Batch
+	11, // 3: tributary.sync.v1.Frame.ack:type_name -> tributary.sync.v1.Ack
+	12, // 4: tributary.sync.v1.Frame.error:type_name -> tributary.sync.v1.Error
+	13, // 5: tributary.sync.v1.Frame.lane_hello:type_name -> tributary.sync.v1.LaneHello
+	14, // 6: tributary.sync.v1.Frame.lane_welcome:type_name -> tributary.sync.v1.LaneWelcome
+	15, // 7: tributary.sync.v1.Frame.command_request:type_name -> tributary.sync.v1.CommandRequest
+	16, // 8: tributary.sync.v1.Frame.command_status:type_name -> tributary.sync.v1.CommandStatus
+	17, // 9: tributary.sync.v1.Frame.command_status_ack:type_name -> tributary.sync.v1.CommandStatusAck
+	0,  // 10: tributary.sync.v1.Hello.protocol_version:type_name -> tributary.sync.v1.Version
+	0,  // 11: tributary.sync.v1.Welcome.protocol_version:type_name -> tributary.sync.v1.Version
+	7,  // 12: tributary.sync.v1.Welcome.credit:type_name -> tributary.sync.v1.Credit
+	1,  // 13: tributary.sync.v1.Batch.encoding:type_name -> tributary.sync.v1.Encoding
+	10, // 14: tributary.sync.v1.RecordList.records:type_name -> tributary.sync.v1.Record
+	18, // 15: tributary.sync.v1.Record.event:type_name -> io.cloudevents.v1.CloudEvent
+	7,  // 16: tributary.sync.v1.Ack.credit:type_name -> tributary.sync.v1.Credit
+	2,  // 17: tributary.sync.v1.Error.code:type_name -> tributary.sync.v1.ErrorCode
+	3,  // 18: tributary.sync.v1.CommandStatus.state:type_name -> tributary.sync.v1.CommandState
+	3,  // 19: tributary.sync.v1.CommandStatusAck.state:type_name -> tributary.sync.v1.CommandState
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_sync_v1_sync_proto_init() }
@@ -1145,14 +1538,17 @@ func file_sync_v1_sync_proto_init() {
 		(*Frame_Error)(nil),
 		(*Frame_LaneHello)(nil),
 		(*Frame_LaneWelcome)(nil),
+		(*Frame_CommandRequest)(nil),
+		(*Frame_CommandStatus)(nil),
+		(*Frame_CommandStatusAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_sync_v1_sync_proto_rawDesc), len(file_sync_v1_sync_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   11,
+			NumEnums:      4,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
