@@ -57,7 +57,8 @@ func (b *Broker) session(cl *mqtt.Client) *session {
 
 // publishAsync handles a QoS 1 publish in AckAsync mode; see the package
 // documentation.
-func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route) (packets.Packet, error) {
+// limited reports that overRate refused it.
+func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route, limited bool) (packets.Packet, error) {
 	s := b.session(cl)
 	limit := b.cfg.Limits.ReceiveMaximum
 
@@ -83,6 +84,8 @@ func (b *Broker) publishAsync(cl *mqtt.Client, pk packets.Packet, route Route) (
 	e := &entry{msg: deliveryOf(&pk), code: packets.CodeSuccess}
 	forward := false
 	switch {
+	case limited:
+		e.done, e.code = true, codeRateTooHigh
 	case len(pk.Payload) > b.cfg.Limits.MaxPayloadBytes:
 		e.done, e.code = true, b.tooLarge()
 	case route.Forward:

@@ -107,6 +107,11 @@ type Stats struct {
 	// SessionErrors counts session-state changes that could not be stored
 	// (Config.Sessions.File).
 	SessionErrors uint64
+	// RateLimited counts MQTT 5 publishes refused (0x96) or, at QoS 0,
+	// dropped for exceeding Limits.PublishRate; they are in Rejected too.
+	// Throttled counts MQTT 3.1.1 publishes whose client was not read from
+	// until it was back under the rate.
+	RateLimited, Throttled uint64
 }
 
 // Addrs are the bound listener addresses; nil for a listener that is not
@@ -163,6 +168,9 @@ type Broker struct {
 
 	received, forwarded, committed, commitErrors, rejected atomic.Uint64
 
+	rates                  *rateLimiter // nil without Limits.PublishRate
+	rateLimited, throttled atomic.Uint64
+
 	cmd commandState // commands.go
 }
 
@@ -193,6 +201,7 @@ func New(cfg Config, ob Outbox, logger *slog.Logger) (*Broker, error) {
 		ob:            ob,
 		log:           logger,
 		router:        newRouter(cfg.Forwarding),
+		rates:         newRateLimiter(cfg.Limits),
 		now:           time.Now,
 		auth:          auth,
 		inflightSweep: inflightSweepInterval,
@@ -201,8 +210,8 @@ func New(cfg Config, ob Outbox, logger *slog.Logger) (*Broker, error) {
 	}, nil
 }
 
-// SetClock replaces the clock that stamps outbox.Message.Received (time.Now
-// by default). Call before Start.
+// SetClock replaces the clock that stamps outbox.Message.Received and paces
+// Limits.PublishRate (time.Now by default). Call before Start.
 func (b *Broker) SetClock(now func() time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -450,6 +459,8 @@ func (b *Broker) Stats() Stats {
 		CommitErrors: b.commitErrors.Load(),
 		Rejected:     b.rejected.Load(),
 		Replayed:     b.replayed.Load(),
+		RateLimited:  b.rateLimited.Load(),
+		Throttled:    b.throttled.Load(),
 	}
 	b.mu.Lock()
 	srv, store := b.srv, b.store

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -161,6 +162,19 @@ type Limits struct {
 	// deliveries); a client that does not read for this long is
 	// disconnected, so a slow socket cannot hold back others. 0 means 10 s.
 	WriteTimeout time.Duration `yaml:"write_timeout"`
+	// PublishRate is the sustained number of publishes a second (any QoS)
+	// allowed per client id. An MQTT 5 client over it gets PUBACK (QoS 1) or
+	// PUBREC (QoS 2) with reason 0x96, message rate too high, and its QoS 0
+	// messages are dropped: the message is not stored, forwarded or
+	// delivered, and is counted in Stats.RateLimited. An MQTT 3.1.1 client,
+	// which cannot be told, is not read from until it is back under the
+	// rate (backpressure; counted in Stats.Throttled). 0 (the zero value):
+	// no limit.
+	PublishRate float64 `yaml:"publish_rate"`
+	// PublishBurst is how many publishes a client may send at once after a
+	// quiet period before PublishRate applies. 0 means one second's worth
+	// (PublishRate rounded up). Ignored without PublishRate.
+	PublishBurst int `yaml:"publish_burst"`
 }
 
 // Defaults of the fields documented above.
@@ -180,6 +194,9 @@ const (
 	// packetOverhead is what MaximumPacketSize allows beyond the payload: a
 	// topic of up to 65,535 bytes, properties and the fixed header.
 	packetOverhead = 64 << 10
+	// maxPublishRate bounds Limits.PublishRate and PublishBurst: far above
+	// what one client can send, small enough to stay exact in a float64.
+	maxPublishRate = 1 << 30
 	// maxPacket is MQTT's largest encodable packet (remaining length limit).
 	maxPacket = 268435455
 )
@@ -230,6 +247,9 @@ func (c Config) withDefaults() Config {
 	}
 	if l.WriteTimeout == 0 {
 		l.WriteTimeout = DefaultWriteTimeout
+	}
+	if l.PublishRate > 0 && l.PublishBurst == 0 {
+		l.PublishBurst = int(math.Ceil(l.PublishRate))
 	}
 	if c.AckMode == "" {
 		c.AckMode = AckAsync
@@ -286,6 +306,12 @@ func (c Config) Validate() error {
 	}
 	if l.WriteTimeout < 0 {
 		return bad("limits.write_timeout", "%v is negative", l.WriteTimeout)
+	}
+	if math.IsNaN(l.PublishRate) || l.PublishRate < 0 || l.PublishRate > maxPublishRate {
+		return bad("limits.publish_rate", "%v is outside 0..%d messages a second", l.PublishRate, maxPublishRate)
+	}
+	if l.PublishBurst < 0 || l.PublishBurst > maxPublishRate {
+		return bad("limits.publish_burst", "%d is outside 0..%d", l.PublishBurst, maxPublishRate)
 	}
 	for i, r := range c.Forwarding {
 		if err := ValidateFilter(r.Filter); err != nil {

@@ -82,6 +82,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.b.sessMu.Lock()
 	delete(h.b.sessions, cl)
 	h.b.sessMu.Unlock()
+	if h.b.rates != nil {
+		h.b.rates.left(cl.ID, h.b.now())
+	}
 	if seq, ok := h.b.syncSeqs.LoadAndDelete(cl); ok {
 		// mochi did not get to deliver it (the PUBACK write failed): the
 		// client was not acknowledged and resends.
@@ -99,10 +102,15 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 		return restoreOrigin(pk), nil
 	}
 	b.received.Add(1)
+	limited := b.overRate(cl) // may wait (MQTT 3.1.1 backpressure)
 	route := b.route(cl, &pk)
 	qos := pk.FixedHeader.Qos
 	if qos == 1 && b.cfg.AckMode == AckAsync {
-		return b.publishAsync(cl, pk, route)
+		return b.publishAsync(cl, pk, route, limited)
+	}
+	if limited {
+		b.rejected.Add(1)
+		return b.refuse(cl, pk, codeRateTooHigh)
 	}
 	if len(pk.Payload) > b.cfg.Limits.MaxPayloadBytes {
 		b.rejected.Add(1)
