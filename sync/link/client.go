@@ -50,6 +50,13 @@ type ClientConfig struct {
 	// gateway on a metered or shared uplink), with bursts of a tenth of a
 	// second. Zero means unlimited.
 	MaxBytesPerSecond int
+	// Lanes lists the priority lanes above 0 (each below MaxLanes) that
+	// the client drains, each on a QUIC stream of its own whose urgency is
+	// the lane's number (see lanes.go). Lane 0 is drained on the control
+	// stream. Non-empty requires a LaneSource, which is then read and
+	// acknowledged per lane (lane 0 included). Empty (the zero value): one
+	// lane, and the Source's Read, Wait and Ack drain every record.
+	Lanes []uint32
 	// Backoff spaces reconnect attempts. Its zero value is usable (see
 	// flow.Backoff for its defaults). The Client owns it once Run starts.
 	Backoff flow.Backoff
@@ -75,6 +82,10 @@ type ClientConfig struct {
 	// goroutine; err is why a session ended (nil otherwise). It must not
 	// block.
 	OnState func(state State, err error)
+	// Commands, if set, makes the gateway accept cloud-to-device commands
+	// (Hello.accepts_commands): requests go to it, their statuses back to
+	// the cloud (see commands.go). Nil (the zero value): no commands.
+	Commands Commands
 	// Logger receives the client's logs. Nil discards them.
 	Logger *slog.Logger
 	// Now is the clock used for backoff decisions. Nil means time.Now.
@@ -223,6 +234,11 @@ type Client struct {
 	connMu  sync.Mutex
 	live    *sessionConn // the session's connection, nil between sessions
 	lastErr atomic.Pointer[string]
+
+	ackersMu   sync.Mutex
+	laneAckers map[uint32]*sourceAcker // lanes above 0 (lanes_client.go), set by Run
+
+	cmds clientCommands // commands.go
 }
 
 // NewClient returns a Client draining src. cfg is checked by Run.
@@ -281,8 +297,10 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	defer c.runMu.Unlock()
 	defer c.setState(Disconnected, nil)
-	c.acker = newSourceAcker(c.src, &c.ackedSeq)
-	defer c.acker.close()
+	if err := c.checkLanes(); err != nil {
+		return err
+	}
+	defer c.startAckers()() // lanes_client.go
 	for {
 		err := c.session(ctx)
 		if ctx.Err() != nil {
@@ -367,8 +385,9 @@ func (c *Client) session(ctx context.Context) (err error) {
 	c.setState(Connected, nil)
 	c.log.Info("sync link up", "addr", c.cfg.Addr, "high_water_mark", hwm, "window", win.Max(), "window_bytes", win.MaxBytes())
 
-	sl := &sendLoop{c: c, str: str, win: win, maxFrame: maxFrame}
-	return sl.run(ctx, conn)
+	defer c.startCommands(ctx, str)() // commands.go
+	// lanes_client.go
+	return c.runLanes(ctx, conn, str, win, maxFrame, welcome)
 }
 
 // applyCredit sets win's limits from a cloud credit, never above the
@@ -389,6 +408,8 @@ func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
 		GatewayId:       c.cfg.GatewayID,
 		SoftwareVersion: c.cfg.SoftwareVersion,
 		AcceptsCredit:   true,
+		Lanes:           c.cfg.Lanes,
+		AcceptsCommands: c.cfg.Commands != nil,
 	}
 	if first, err := c.src.Read(0, 1, 1); err == nil && len(first) > 0 {
 		hello.FirstSeq = first[0].GetSeq() // informational: gaps from drop policies

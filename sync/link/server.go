@@ -63,6 +63,11 @@ type ServerConfig struct {
 	// DisableZeroRTT refuses 0-RTT data: resuming gateways then send their
 	// Hello after the handshake. Zero (false) accepts it.
 	DisableZeroRTT bool
+	// OnCommandStatus, if set, receives every CommandStatus a gateway
+	// sends (at least once each; see commands.go), on the session's reader
+	// goroutine, before the status is acknowledged to the gateway. It must
+	// not block for long. Nil drops statuses (they are still acknowledged).
+	OnCommandStatus func(gateway string, st *syncv1.CommandStatus)
 	// Logger receives the server's logs. Nil discards them.
 	Logger *slog.Logger
 }
@@ -467,6 +472,7 @@ func (s *Server) handle(ctx context.Context, conn *quic.Conn) {
 
 	ss := newSession(s, gw, conn, str)
 	ss.acceptsCredit = hello.GetAcceptsCredit()
+	ss.acceptsCommands = hello.GetAcceptsCommands() // commands.go
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
