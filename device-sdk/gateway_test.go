@@ -25,7 +25,7 @@ func startEdge(t *testing.T) (string, func() []string) {
 	}
 	cfg := broker.Config{
 		Listeners:  broker.Listeners{TCP: broker.TCPListener{Address: "127.0.0.1:0"}},
-		Forwarding: []broker.Rule{{Filter: "sensors/#", Forward: true}},
+		Forwarding: []broker.Rule{{Filter: "sensors/#"}},
 	}
 	b, err := broker.New(cfg, ob, nil)
 	if err != nil {

@@ -40,7 +40,7 @@ func benchDurableAck(b *testing.B, mode AckMode, publishers, window int) {
 	cfg := Config{AckMode: mode, Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}}
 	if mode == "local" {
 		cfg.AckMode = AckAsync
-		cfg.Forwarding = []Rule{{Filter: "#", Forward: false}}
+		cfg.Forwarding = []Rule{{Filter: "#", Local: true}}
 	}
 	br, err := New(cfg, ob, nil)
 	if err != nil {

@@ -241,7 +241,7 @@ func TestCommitFailureMQTT5(t *testing.T) {
 // the outbox lets the first message commit.
 func TestAsyncAckOrder(t *testing.T) {
 	ob := newFakeOutbox(t, withGate(), withReverse())
-	b := startBroker(t, Config{Forwarding: []Rule{{Filter: "sensors/#", Forward: true}}}, ob)
+	b := startBroker(t, Config{Forwarding: []Rule{{Filter: "sensors/#"}}}, ob)
 	sub, _ := dialRaw(t, b.Addr().TCP, "sub", 5, packets.Properties{})
 	sub.subscribe(1, packets.Subscription{Filter: "#", Qos: 1})
 
@@ -282,8 +282,8 @@ func TestLocalTopicsStayLocal(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			ob := newFakeOutbox(t)
 			b := startBroker(t, Config{AckMode: mode, Forwarding: []Rule{
-				{Filter: "sensors/debug/#", Forward: false},
-				{Filter: "sensors/#", Type: "io.tributary.reading", Priority: 4, Forward: true},
+				{Filter: "sensors/debug/#", Local: true},
+				{Filter: "sensors/#", Type: "io.tributary.reading", Priority: 4},
 			}}, ob)
 			got := make(chan string, 16)
 			sub := pahoClient(t, tcpURL(b), "sub")
@@ -340,7 +340,7 @@ func TestMQTT5MessageAndDelivery(t *testing.T) {
 			b, err := New(Config{
 				AckMode:    mode,
 				Listeners:  Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}},
-				Forwarding: []Rule{{Filter: "sensors/#", Type: "io.tributary.t", Priority: 2, Forward: true}},
+				Forwarding: []Rule{{Filter: "sensors/#", Type: "io.tributary.t", Priority: 2}},
 			}, ob, nil)
 			if err != nil {
 				t.Fatal(err)

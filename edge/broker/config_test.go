@@ -21,6 +21,8 @@ limits:
   write_timeout: 2s
 forwarding:
   - {filter: "sensors/#", type: "io.tributary.telemetry", priority: 2, forward: true}
+  - {filter: "debug/#", forward: false}
+  - {filter: "local/#", local: true}
   - {filter: "#"}
 ack_mode: sync
 `))
@@ -29,9 +31,9 @@ ack_mode: sync
 	}
 	if c.AckMode != AckSync || c.Limits.MaxPayloadBytes != 1024 || c.Limits.ReceiveMaximum != 16 ||
 		c.Limits.MessageExpiry != 10*time.Minute || c.Limits.WriteTimeout != 2*time.Second ||
-		c.Listeners.WebSocket == nil || c.Listeners.TLS != nil || len(c.Forwarding) != 2 ||
-		c.Forwarding[0] != (Rule{Filter: "sensors/#", Type: "io.tributary.telemetry", Priority: 2, Forward: true}) ||
-		c.Forwarding[1].Forward {
+		c.Listeners.WebSocket == nil || c.Listeners.TLS != nil || len(c.Forwarding) != 4 ||
+		c.Forwarding[0] != (Rule{Filter: "sensors/#", Type: "io.tributary.telemetry", Priority: 2}) ||
+		!c.Forwarding[1].Local || !c.Forwarding[2].Local || c.Forwarding[3].Local {
 		t.Fatalf("parsed %+v", c)
 	}
 
@@ -62,6 +64,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"limits: {max_client_writes_pending: -1}", "limits.max_client_writes_pending"},
 		{"forwarding: [{filter: 'a/#/b'}]", "forwarding[0].filter"},
 		{"forwarding: [{filter: 'a'}, {filter: ''}]", "forwarding[1].filter"},
+		{"forwarding: [{filter: 'a', local: true, forward: true}]", "both local and forward"},
+		{"forwarding: [{filter: 'a', forwrd: true}]", "field forwrd not found"},
 		{"limits: {max_payload: 3}", "max_payload"},    // unknown key
 		{"listeners: {tcp: {adress: ':1'}}", "adress"}, // typo
 		{"limits: {receive_maximum: 70000}", "limits.receive_maximum"},

@@ -121,11 +121,11 @@ func FuzzMatchTopic(f *testing.F) {
 
 func TestRouter(t *testing.T) {
 	rules := []Rule{
-		{Filter: "sensors/debug/#", Forward: false},
-		{Filter: "sensors/+/alarm", Type: "io.tributary.alarm", Priority: 0, Forward: true},
-		{Filter: "sensors/#", Type: "io.tributary.telemetry", Priority: 3, Forward: true},
-		{Filter: "cmd/#", Type: "never.used", Forward: false},
-		{Filter: "#", Forward: true}, // empty type: the default
+		{Filter: "sensors/debug/#", Local: true},
+		{Filter: "sensors/+/alarm", Type: "io.tributary.alarm", Priority: 0},
+		{Filter: "sensors/#", Type: "io.tributary.telemetry", Priority: 3},
+		{Filter: "cmd/#", Type: "never.used", Local: true},
+		{Filter: "#"}, // empty type: the default
 	}
 	r := newRouter(rules)
 	tests := []struct {
@@ -162,7 +162,7 @@ func TestRouter(t *testing.T) {
 	}
 
 	// A configured list that matches nothing keeps the topic local.
-	only := newRouter([]Rule{{Filter: "sensors/#", Forward: true}})
+	only := newRouter([]Rule{{Filter: "sensors/#"}})
 	if got := only.route("other/topic"); got.Forward {
 		t.Errorf("unmatched topic forwarded: %+v", got)
 	}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tributary-io/tributary/edge/broker"
 )
 
 func TestShippedConfigIsValid(t *testing.T) {
@@ -18,6 +20,28 @@ func TestShippedConfigIsValid(t *testing.T) {
 	}
 	if c.Cloud.Address == "" || len(c.MQTT.Forwarding) == 0 {
 		t.Fatalf("example config lost its content: %+v", c)
+	}
+	// What the package ships must forward device messages: a rule that
+	// kept them local by default once made a fresh gateway acknowledge and
+	// keep every message to itself.
+	for _, tc := range []struct {
+		topic    string
+		typ      string
+		priority uint8
+	}{
+		{"sensors/dev-1/temp", "io.tributary.telemetry", 1},
+		{"alarms/dev-1/fire", "io.tributary.alarm", 0},
+	} {
+		var hit *broker.Rule
+		for i := range c.MQTT.Forwarding {
+			if broker.MatchTopic(c.MQTT.Forwarding[i].Filter, tc.topic) {
+				hit = &c.MQTT.Forwarding[i]
+				break
+			}
+		}
+		if hit == nil || hit.Local || hit.Type != tc.typ || hit.Priority != tc.priority {
+			t.Errorf("deploy/config/edge.yaml: %s goes by rule %+v, want forwarded as %s with priority %d", tc.topic, hit, tc.typ, tc.priority)
+		}
 	}
 }
 

@@ -359,7 +359,7 @@ func forwardingRules(streams []scenarios.Stream) []broker.Rule {
 	var rules []broker.Rule
 	needed := false
 	for _, st := range streams {
-		rules = append(rules, broker.Rule{Filter: scenarios.TopicFilter(st.Topic), Type: st.Type, Priority: uint8(st.Priority), Forward: true})
+		rules = append(rules, broker.Rule{Filter: scenarios.TopicFilter(st.Topic), Type: st.Type, Priority: uint8(st.Priority)})
 		needed = needed || st.Priority != 0 || st.Type != ""
 	}
 	if !needed {
