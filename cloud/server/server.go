@@ -40,6 +40,7 @@ type Server struct {
 	subs     *subStore
 	auth     *authenticator
 	dispatch *dispatch.Dispatcher
+	devstate *deviceState
 	api      *http.Server
 	apiLn    net.Listener
 
@@ -101,6 +102,11 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		}
 	}
 
+	if err := s.openDeviceState(); err != nil {
+		s.Close()
+		return nil, err
+	}
+
 	tokens := cfg.API.Tokens
 	if len(tokens) == 0 {
 		tok, created, err := ensureDevToken(s.dataDir)
@@ -141,6 +147,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	mux := http.NewServeMux()
 	s.routes(mux)
+	s.deviceStateRoutes(mux)
 	if cfg.API.Pprof {
 		mux.HandleFunc("/debug/pprof/", s.auth.require(ScopeAdmin, pprof.Index))
 		mux.HandleFunc("/debug/pprof/profile", s.auth.require(ScopeAdmin, pprof.Profile))
@@ -205,6 +212,7 @@ func (s *Server) Dispatcher() *dispatch.Dispatcher { return s.dispatch }
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.runDeviceState(ctx)
 	errc := make(chan error, 3)
 	go func() { errc <- s.sync.Serve(ctx, s.syncPC) }()
 	go func() { errc <- s.dispatch.Run(ctx) }()
@@ -251,6 +259,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
+		errs = append(errs, s.closeDeviceState()) // before the log closes
 		if s.sync != nil {
 			errs = append(errs, s.sync.Close())
 		}
