@@ -54,6 +54,8 @@ func backends() []backend {
 		},
 		fileBackend("file", Options{}),
 		fileBackend("file-small-segments", Options{SegmentBytes: 700, IndexIntervalBytes: 100, MaxGroupBytes: 300}),
+		fileBackend("file-no-tail-cache", Options{TailCacheBytes: -1}),
+		fileBackend("file-tiny-tail-cache", Options{SegmentBytes: 900, IndexIntervalBytes: 100, MaxGroupBytes: 300, TailCacheBytes: 250}),
 	}
 }
 

@@ -66,8 +66,12 @@ import (
 //
 // FileLog.mu guards the published state: the segment list and every
 // segment's committed size and index, the offsets, the high-water marks, the
-// topic index. The queue has its own mutex and the two are never held
-// together. The writer goroutine owns writer (the unpublished tail, the
+// topic index, the tail cache. It is a read-write lock: readers that change
+// nothing (reads by topic and of the tail cache, Wait, the offsets) share
+// it, and the writer, which takes it once per group to publish, waits only
+// for the readers inside (a pending Lock holds new readers back), however
+// many readers poll. Holding a segment (refs) takes it exclusively. The
+// queue has its own mutex and the two are never held together. The writer goroutine owns writer (the unpublished tail, the
 // tentative high-water marks) and is the only one that changes the segment
 // list (rolling and retention both run on it). Files of segments removed by
 // retention stay open until their last reader releases them.
@@ -88,13 +92,14 @@ type FileLog struct {
 	pre             *preparer // nil when Options.NoPreallocate
 	scanned, loaded int       // segments Open scanned, and loaded from snapshots
 
-	mu       sync.Mutex
+	mu       sync.RWMutex
 	closed   bool
 	segments []*segment // ascending base; the last is active
 	next     uint64
 	bytes    int64 // committed bytes of all segments
 	hwm      map[string]uint64
 	topics   topicIndex
+	cache    tailCache
 	changed  chan struct{} // closed and replaced when records are published
 }
 
@@ -178,17 +183,17 @@ func (l *FileLog) newRequest(recs []Record) (*request, error) {
 // Wait implements Log.
 func (l *FileLog) Wait(ctx context.Context, from uint64) error {
 	for {
-		l.mu.Lock()
+		l.mu.RLock()
 		if l.closed {
-			l.mu.Unlock()
+			l.mu.RUnlock()
 			return ErrClosed
 		}
 		if l.next > from {
-			l.mu.Unlock()
+			l.mu.RUnlock()
 			return nil
 		}
 		ch := l.changed
-		l.mu.Unlock()
+		l.mu.RUnlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -199,29 +204,29 @@ func (l *FileLog) Wait(ctx context.Context, from uint64) error {
 
 // FirstOffset implements Log.
 func (l *FileLog) FirstOffset() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
 	return l.segments[0].base
 }
 
 // NextOffset implements Log.
 func (l *FileLog) NextOffset() uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
 	return l.next
 }
 
 // HighWaterMark implements Log.
 func (l *FileLog) HighWaterMark(producer string) uint64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
 	return l.hwm[producer]
 }
 
 // Size returns the committed bytes of the retained segments.
 func (l *FileLog) Size() int64 {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	l.mu.RLock()
+	defer l.mu.RUnlock()
 	return l.bytes
 }
 

@@ -97,10 +97,16 @@ func runModel(t *testing.T, seed uint64, steps int) {
 		NoPreallocate:      rng.IntN(3) == 0,
 		VerifyOnOpen:       rng.IntN(3) == 0,
 	}
+	switch rng.IntN(3) {
+	case 0:
+		r.opts.TailCacheBytes = -1
+	case 1:
+		r.opts.TailCacheBytes = int64(1 + rng.IntN(3000))
+	}
 	if rng.IntN(2) == 0 {
 		r.opts.RetentionBytes = int64(2000 + rng.IntN(10000))
 	}
-	t.Logf("options: segment %d, index %d, group %d, retention %d, no preallocation %v, verify on open %v", r.opts.SegmentBytes, r.opts.IndexIntervalBytes, r.opts.MaxGroupBytes, r.opts.RetentionBytes, r.opts.NoPreallocate, r.opts.VerifyOnOpen)
+	t.Logf("options: segment %d, index %d, group %d, retention %d, no preallocation %v, verify on open %v, tail cache %d", r.opts.SegmentBytes, r.opts.IndexIntervalBytes, r.opts.MaxGroupBytes, r.opts.RetentionBytes, r.opts.NoPreallocate, r.opts.VerifyOnOpen, r.opts.TailCacheBytes)
 	r.fl = r.open()
 	r.m = NewMemory(r.c.Now)
 	defer func() { r.fl.Close() }()

@@ -47,6 +47,13 @@ type Options struct {
 	// interval of log (2 MiB per GiB at the default). Default 8 KiB.
 	IndexIntervalBytes int
 
+	// TailCacheBytes is how many bytes of the newest records the log keeps
+	// in memory, as written, so that readers near the tail (dispatch, live
+	// consumers, reads by topic) copy them from memory instead of reading
+	// the segment files (see tailcache.go). Default 32 MiB; -1 turns the
+	// cache off. At least the last group commit is kept.
+	TailCacheBytes int64
+
 	// RetentionAge deletes whole segments whose newest record is older than
 	// this. Zero keeps records forever.
 	RetentionAge time.Duration
@@ -78,6 +85,7 @@ const (
 	DefaultMaxRecordBytes     = 4 << 20
 	DefaultMaxGroupBytes      = 1 << 20
 	DefaultIndexIntervalBytes = 8 << 10
+	DefaultTailCacheBytes     = 32 << 20
 	DefaultRetentionInterval  = time.Minute
 )
 
@@ -95,6 +103,9 @@ func (o Options) Validate() error {
 	}
 	if o.IndexIntervalBytes < 0 {
 		errs = append(errs, fmt.Errorf("IndexIntervalBytes %d: want >= 0", o.IndexIntervalBytes))
+	}
+	if o.TailCacheBytes < -1 {
+		errs = append(errs, fmt.Errorf("TailCacheBytes %d: want -1 (off), 0 (default) or more", o.TailCacheBytes))
 	}
 	if o.RetentionAge < 0 {
 		errs = append(errs, fmt.Errorf("RetentionAge %v: want >= 0", o.RetentionAge))
@@ -123,6 +134,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.IndexIntervalBytes == 0 {
 		o.IndexIntervalBytes = DefaultIndexIntervalBytes
+	}
+	if o.TailCacheBytes == 0 {
+		o.TailCacheBytes = DefaultTailCacheBytes
 	}
 	if o.RetentionInterval == 0 {
 		o.RetentionInterval = DefaultRetentionInterval

@@ -16,6 +16,9 @@ import (
 
 // Read implements Log.
 func (l *FileLog) Read(from uint64, maxRecords, maxBytes int) ([]Record, error) {
+	if out, ok, err := l.readCached(from, maxRecords, maxBytes); ok {
+		return out, err
+	}
 	var out []Record
 	size := 0
 	for cur := from; ; {
@@ -57,24 +60,31 @@ func (l *FileLog) Read(from uint64, maxRecords, maxBytes int) ([]Record, error) 
 
 // ReadTopic implements TopicReader.
 func (l *FileLog) ReadTopic(topic string, from uint64, max int) ([]Record, error) {
-	l.mu.Lock()
+	l.mu.RLock()
 	if l.closed {
-		l.mu.Unlock()
+		l.mu.RUnlock()
 		return nil, ErrClosed
 	}
 	if from < l.segments[0].base {
-		l.mu.Unlock()
+		l.mu.RUnlock()
 		return nil, ErrOutOfRange
 	}
 	t := l.topics[topic]
 	if t == nil || max <= 0 {
-		l.mu.Unlock()
+		l.mu.RUnlock()
 		return nil, nil
 	}
 	offs := t.collect(from, l.next, max, nil)
-	l.mu.Unlock()
+	// The offsets in the tail cache (a suffix of offs) are read from it.
+	var cached [][]byte
+	if first, ok := l.cache.first(); ok {
+		k := sort.Search(len(offs), func(i int) bool { return offs[i] >= first })
+		cached = l.cache.frames(offs[k:], make([][]byte, 0, len(offs)-k))
+		offs = offs[:k]
+	}
+	l.mu.RUnlock()
 
-	out := make([]Record, 0, len(offs))
+	out := make([]Record, 0, len(offs)+len(cached))
 	var seeks []int64
 	for i := 0; i < len(offs); {
 		// Hold the segment of offs[i] and find where each of its wanted
@@ -138,7 +148,44 @@ func (l *FileLog) ReadTopic(topic string, from uint64, max int) ([]Record, error
 		}
 		l.release(s)
 	}
+	for _, f := range cached {
+		m, err := parseBody(f[frameHeaderLen:])
+		if err != nil {
+			return nil, fmt.Errorf("%w: cached record: %w", ErrCorrupt, err)
+		}
+		out = append(out, m.record())
+	}
 	return out, nil
+}
+
+// readCached is Read from the tail cache. ok is false if from is not
+// cached (or the log is closed or from is out of range: the file path
+// reports those).
+func (l *FileLog) readCached(from uint64, maxRecords, maxBytes int) (out []Record, ok bool, err error) {
+	l.mu.RLock()
+	if l.closed || from < l.segments[0].base || !l.cache.holds(from) {
+		l.mu.RUnlock()
+		return nil, false, nil
+	}
+	end := l.next
+	chunks := l.cache.span(from, end, maxRecords)
+	l.mu.RUnlock()
+
+	size := 0
+	for _, c := range chunks {
+		for off := max(c.first, from); off < c.next() && off < end; off++ {
+			m, err := parseBody(c.frame(off)[frameHeaderLen:])
+			if err != nil {
+				return nil, true, fmt.Errorf("%w: cached record %d: %w", ErrCorrupt, off, err)
+			}
+			if len(out) >= maxRecords || (len(out) > 0 && size+len(m.value) > maxBytes) {
+				return out, true, nil
+			}
+			size += len(m.value)
+			out = append(out, m.record())
+		}
+	}
+	return out, true, nil
 }
 
 // OffsetForTime implements TopicReader.

@@ -55,6 +55,7 @@ func Open(dir string, opts Options) (*FileLog, error) {
 		changed:    make(chan struct{}),
 	}
 	l.q.wake = make(chan struct{}, 1)
+	l.cache.maxBytes, l.cache.maxChunks = max(opts.TailCacheBytes, 0), maxTailChunks
 	if !opts.NoPreallocate {
 		l.pre = newPreparer(l)
 	}

@@ -72,6 +72,7 @@ func (w *writer) enforceRetention() error {
 	if removed {
 		l.mu.Lock()
 		l.topics.trim(l.segments[0].base)
+		l.cache.trim(l.segments[0].base)
 		l.mu.Unlock()
 	}
 	return nil

@@ -18,7 +18,8 @@ import (
 // and forgets topics left with none. A later version could keep the blocks
 // in files next to the segments (RocketMQ's consume queues).
 //
-// Guarded by FileLog.mu.
+// Guarded by FileLog.mu. The writer goroutine, the only one that changes
+// it, also reads it without the lock.
 type topicIndex map[string]*topicOffsets
 
 const topicBlockLen = 128
@@ -33,8 +34,6 @@ type offsetBlock struct {
 	n           int
 	deltas      []byte
 }
-
-func (ti topicIndex) add(topic string, off uint64) { ti.get(topic).add(off) }
 
 // get returns topic's offsets, adding the topic if it is new.
 func (ti topicIndex) get(topic string) *topicOffsets {
@@ -70,7 +69,14 @@ func (t *topicOffsets) add(off uint64) {
 
 // collect appends to out the offsets in [from, end), at most max of them.
 func (t *topicOffsets) collect(from, end uint64, max int, out []uint64) []uint64 {
-	i := sort.Search(len(t.blocks), func(i int) bool { return t.blocks[i].last >= from })
+	k := len(t.blocks)
+	if k == 0 || t.blocks[k-1].last < from {
+		return out // the common case of a reader polling many topics
+	}
+	i := k - 1 // a reader following the topic wants its last block
+	if t.blocks[i].first > from {
+		i = sort.Search(len(t.blocks), func(i int) bool { return t.blocks[i].last >= from })
+	}
 	for ; i < len(t.blocks) && len(out) < max; i++ {
 		b := &t.blocks[i]
 		off, rest := b.first, b.deltas

@@ -1,9 +1,11 @@
 package commitlog
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 )
@@ -107,14 +109,20 @@ type writer struct {
 	ckpt   uint64 // the durable checkpoint is valid below this offset
 	failed error  // set once; every later append fails with it
 
-	buf     []byte // frames of the current group not yet written
-	dirty   bool   // active has data written since its last fsync
-	written int64  // bytes written since Open
+	buf []byte // frames of the current group not yet written
+	// bufFirst is the offset of buf's first record and bufStarts where each
+	// of its records starts in buf: what a tail-cache chunk needs.
+	bufFirst  uint64
+	bufStarts []uint32
+	dirty     bool  // active has data written since its last fsync
+	written   int64 // bytes written since Open
 
 	// What the current group will publish.
 	pieces    []piece
 	topicAdds []topicAdd
+	newTopics map[string]*topicOffsets // topics first seen in the group
 	hwmAdds   []hwmAdd
+	chunks    []*tailChunk // for the tail cache
 	rolled    bool
 	closed    []*segment // closed by rolls, snapshots not yet written
 }
@@ -129,8 +137,8 @@ type piece struct {
 }
 
 type topicAdd struct {
-	topic string
-	off   uint64
+	t   *topicOffsets
+	off uint64
 }
 
 type hwmAdd struct {
@@ -177,6 +185,7 @@ func (w *writer) commit(group []*request) {
 	}
 	l := w.l
 	w.pieces, w.topicAdds, w.hwmAdds = w.pieces[:0], w.topicAdds[:0], w.hwmAdds[:0]
+	clear(w.newTopics)
 	if !w.active.prealloc && w.size > 0 && l.pre.isReady() {
 		// Leave a segment that is not preallocated as soon as one is.
 		if err := w.roll(); err != nil {
@@ -213,6 +222,10 @@ func (w *writer) commit(group []*request) {
 				nanos = m.nanos
 			}
 			pos := w.size + int64(len(w.buf))
+			if len(w.buf) == 0 {
+				w.bufFirst = off
+			}
+			w.bufStarts = append(w.bufStarts, uint32(len(w.buf)))
 			w.buf = append(w.buf, frame...)
 			sealFrame(w.buf[len(w.buf)-len(frame):], off, nanos)
 
@@ -223,7 +236,7 @@ func (w *writer) commit(group []*request) {
 			}
 			w.runMax = max(w.runMax, nanos)
 			p.size, p.next, p.runMax = pos+int64(len(frame)), off+1, w.runMax
-			w.topicAdds = append(w.topicAdds, topicAdd{m.topic, off})
+			w.topicAdds = append(w.topicAdds, topicAdd{w.topic(m.topic), off})
 
 			if r.res.Appended == 0 {
 				r.res.FirstOffset = off
@@ -257,6 +270,24 @@ func (w *writer) commit(group []*request) {
 	}
 }
 
+// topic resolves a topic's index entry outside FileLog.mu (the writer is
+// the only goroutine that changes the topic index, so it may read it
+// without the lock); a new topic is added to the index at publish.
+func (w *writer) topic(name string) *topicOffsets {
+	if t := w.l.topics[name]; t != nil {
+		return t
+	}
+	if w.newTopics == nil {
+		w.newTopics = map[string]*topicOffsets{}
+	}
+	t := w.newTopics[name]
+	if t == nil {
+		t = &topicOffsets{}
+		w.newTopics[name] = t
+	}
+	return t
+}
+
 // piece returns the current group's piece of the active segment.
 func (w *writer) piece() *piece {
 	if k := len(w.pieces); k > 0 && w.pieces[k-1].seg == w.active {
@@ -284,6 +315,11 @@ func (w *writer) flush() error {
 		if _, err := w.active.f.WriteAt(w.buf, w.size); err != nil {
 			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
 		}
+		if w.l.cache.maxBytes > 0 {
+			// Published with the group (if the fsync succeeds).
+			w.chunks = append(w.chunks, &tailChunk{first: w.bufFirst, data: bytes.Clone(w.buf[:n]), starts: slices.Clone(w.bufStarts)})
+		}
+		w.bufStarts = w.bufStarts[:0]
 		w.size += int64(n)
 		w.written += int64(n)
 		w.buf = w.buf[:0]
@@ -367,12 +403,20 @@ func (w *writer) publish() {
 		s.size, s.next, s.runMax = p.size, p.next, p.runMax
 		s.index = append(s.index, p.entries...)
 	}
-	for _, t := range w.topicAdds {
-		l.topics.add(t.topic, t.off)
+	for name, t := range w.newTopics {
+		l.topics[name] = t
+	}
+	for _, a := range w.topicAdds {
+		a.t.add(a.off)
 	}
 	for _, h := range w.hwmAdds {
 		l.hwm[h.producer] = h.seq
 	}
+	for _, c := range w.chunks {
+		l.cache.add(c)
+	}
+	clear(w.chunks)
+	w.chunks = w.chunks[:0]
 	if l.next != w.next {
 		l.next = w.next
 		if !l.closed {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,9 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	writers := fs.Int("writers", 16, "appending goroutines (group commit shares fsyncs between them)")
 	batch := fs.Int("batch", 64, "records per Append call")
 	consumer := fs.Bool("consumer", true, "run the consumer reading every topic (false isolates the append path)")
+	topicList := fs.String("topics", "1,100,1000,10000", "topic counts to measure (comma separated); the ratios need 1 and 10000")
+	sizeList := fs.String("sizes", "200,2048", "record sizes in bytes to measure (comma separated)")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each measurement to this file name with -TOPICS-SIZE before its extension")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-logtopics-")
 		if err != nil {
@@ -36,9 +40,22 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 		defer os.RemoveAll(dir)
 		res := map[string]any{"loadavg_before": loadAverage(), "writers": *writers, "batch": *batch, "fsync": true, "consumer": *consumer}
 		rates := map[string]float64{}
-		for _, size := range []int{200, 2048} {
-			for _, topics := range []int{1, 100, 1000, 10000} {
+		topicCounts, err := parseInts(*topicList)
+		if err != nil {
+			return nil, fmt.Errorf("-topics: %w", err)
+		}
+		sizes, err := parseInts(*sizeList)
+		if err != nil {
+			return nil, fmt.Errorf("-sizes: %w", err)
+		}
+		for _, size := range sizes {
+			for _, topics := range topicCounts {
+				stopProfile, err := laProfile(*cpuProfile, fmt.Sprintf("-%d-%d", topics, size))
+				if err != nil {
+					return nil, err
+				}
 				r, read, err := runLogTopics(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d", size, topics)), *dur, topics, size, *writers, *batch, *consumer)
+				stopProfile()
 				if err != nil {
 					return nil, err
 				}
@@ -49,11 +66,28 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 				fmt.Fprintf(progress, "log-topics: %5d topics, %4d B: %8.0f appends/s, consumer %8.0f records/s\n", topics, size, r, read)
 			}
 		}
-		res["ratio_10000_vs_1"] = round2(rates["msgs_per_s_10000_topics_200b"] / rates["msgs_per_s_1_topics_200b"])
-		res["ratio_10000_vs_1_2kb"] = round2(rates["msgs_per_s_10000_topics_2048b"] / rates["msgs_per_s_1_topics_2048b"])
+		if one, ok := rates["msgs_per_s_1_topics_200b"]; ok && rates["msgs_per_s_10000_topics_200b"] > 0 {
+			res["ratio_10000_vs_1"] = round2(rates["msgs_per_s_10000_topics_200b"] / one)
+		}
+		if one, ok := rates["msgs_per_s_1_topics_2048b"]; ok && rates["msgs_per_s_10000_topics_2048b"] > 0 {
+			res["ratio_10000_vs_1_2kb"] = round2(rates["msgs_per_s_10000_topics_2048b"] / one)
+		}
 		res["loadavg_after"] = loadAverage()
 		return res, nil
 	}
+}
+
+// parseInts parses a comma-separated list of positive integers.
+func parseInts(list string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(list, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive integer", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
