@@ -36,14 +36,16 @@ var (
 
 // Commands is the gateway's command store as the Client sees it. Its
 // methods are called from the session's commands goroutine, never two at
-// once.
+// once, and must not block for long (no fsync: Accept hands the request
+// on and answers later).
 type Commands interface {
-	// Accept takes a request from the cloud and returns the status to send
-	// back: ACCEPTED only once the request is durable, REJECTED with a
-	// reason if it cannot be taken, or, for a request_id already known, its
-	// current status. The returned status is also one the store keeps
-	// until Acked (Unacked returns it).
-	Accept(req *syncv1.CommandRequest) *syncv1.CommandStatus
+	// Accept takes a request from the cloud. The store answers through
+	// Client.SendCommandStatus: ACCEPTED only once the request is durable,
+	// REJECTED with a reason if it cannot be taken, or, for a request_id it
+	// already knows, the command's current status (the request is not
+	// executed twice). Every status it sends it also keeps until Acked
+	// (Unacked returns it).
+	Accept(req *syncv1.CommandRequest)
 	// Unacked returns every status the cloud has not acknowledged yet, in
 	// the order they were produced. It is called at the start of every
 	// session; they are all sent again.
@@ -289,9 +291,7 @@ func (cs *cmdSession) run(ctx context.Context) {
 			store.Acked(a.GetRequestId(), a.GetState())
 		}
 		for _, req := range reqs {
-			if st := store.Accept(req); st != nil && !cs.send(st) {
-				return
-			}
+			store.Accept(req)
 		}
 		for _, st := range sts {
 			if !cs.send(st) {

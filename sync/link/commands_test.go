@@ -14,6 +14,7 @@ import (
 // memCommands is a gateway command store held in memory: the narrow seam
 // the Client depends on. Accept answers ACCEPTED (or the known status).
 type memCommands struct {
+	send     func(*syncv1.CommandStatus) // Client.SendCommandStatus
 	mu       sync.Mutex
 	requests map[string]*syncv1.CommandRequest
 	unacked  []*syncv1.CommandStatus
@@ -24,16 +25,16 @@ func newMemCommands(unacked ...*syncv1.CommandStatus) *memCommands {
 	return &memCommands{requests: map[string]*syncv1.CommandRequest{}, unacked: unacked}
 }
 
-func (m *memCommands) Accept(req *syncv1.CommandRequest) *syncv1.CommandStatus {
+func (m *memCommands) Accept(req *syncv1.CommandRequest) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	m.accepts++
 	st := &syncv1.CommandStatus{RequestId: req.GetRequestId(), Device: req.GetDevice(), State: syncv1.CommandState_COMMAND_STATE_ACCEPTED}
 	if _, ok := m.requests[req.GetRequestId()]; !ok {
 		m.requests[req.GetRequestId()] = req
 		m.unacked = append(m.unacked, st)
 	}
-	return st
+	m.mu.Unlock()
+	m.send(st)
 }
 
 func (m *memCommands) add(st *syncv1.CommandStatus) {
@@ -118,7 +119,9 @@ func TestCommandRoundTrip(t *testing.T) {
 	store := newMemCommands()
 	ccfg := clientConfig(t, p, srv.Addr().String(), "gw-1")
 	ccfg.Commands = store
-	c := startClient(t, ccfg, src)
+	c := NewClient(ccfg, src)
+	store.send = c.SendCommandStatus
+	runClient(t, c)
 	eventually(t, "session", func() bool { return c.Stats().State == Connected })
 
 	for _, id := range []string{"r1", "r2", "r1"} { // r1 twice: Accept answers with what it knows
@@ -224,4 +227,18 @@ func TestCommandStatusResentAfterReconnect(t *testing.T) {
 		return log.count("gw-1 r1 COMMAND_STATE_DELIVERED") >= 1 && log.count("gw-1 r2 COMMAND_STATE_EXPIRED") >= 1
 	})
 	eventually(t, "both acknowledged", func() bool { return store.pending() == 0 })
+}
+
+// runClient runs c until the test ends.
+func runClient(t *testing.T, c *Client) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- c.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 }
