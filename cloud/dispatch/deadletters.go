@@ -21,6 +21,11 @@ type DeadLetterEntry struct {
 	// OriginalOffset is the offset of the event the subscription failed to
 	// deliver.
 	OriginalOffset uint64 `json:"original_offset"`
+	// OriginalProducer and OriginalProducerSeq are the origin of the
+	// logged record (for an event from the edge: the gateway id and outbox
+	// sequence), kept through redrives; empty and 0 if it had none.
+	OriginalProducer    string `json:"original_producer,omitempty"`
+	OriginalProducerSeq uint64 `json:"original_producer_seq,omitempty"`
 	// Attempts is the number of delivery attempts made (0: the event was
 	// refused before any, e.g. undecodable or a bad deliverat).
 	Attempts int `json:"attempts"`
@@ -105,6 +110,7 @@ func describeDeadLetter(rec commitlog.Record, redrive string) DeadLetterEntry {
 			dl.OriginalOffset = o
 		}
 	}
+	dl.OriginalProducer, dl.OriginalProducerSeq = dlOrigin(ext)
 	if n, err := types.ToInteger(ext[ExtDLAttempts]); err == nil {
 		dl.Attempts = int(n)
 	}

@@ -3,6 +3,7 @@ package dispatch
 import (
 	"context"
 	"fmt"
+	"mime"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -72,6 +73,10 @@ type received struct {
 	method string
 	header http.Header
 	status int
+	// batch is the number of events in the request; isBatch is set if it
+	// came as application/cloudevents-batch+json.
+	batch   int
+	isBatch bool
 }
 
 // sink is a real HTTP server that decodes CloudEvents with sdk-go and
@@ -94,23 +99,45 @@ func newSink(t testing.TB, policy func(e *event.Event, attempt int) (int, http.H
 }
 
 func (s *sink) serve(w http.ResponseWriter, r *http.Request) {
-	e, err := cehttp.NewEventFromHTTPRequest(r)
-	if err != nil {
-		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
-		return
+	var evs []*event.Event
+	isBatch := false
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == event.ApplicationCloudEventsBatchJSON {
+		isBatch = true
+		batch, err := cehttp.NewEventsFromHTTPRequest(r)
+		if err != nil || len(batch) == 0 {
+			http.Error(w, fmt.Sprintf("not a CloudEvents batch: %v", err), http.StatusBadRequest)
+			return
+		}
+		for i := range batch {
+			evs = append(evs, &batch[i])
+		}
+	} else {
+		e, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		evs = append(evs, e)
 	}
-	s.mu.Lock()
-	s.tries[e.ID()]++
-	attempt := s.tries[e.ID()]
-	s.mu.Unlock()
+	// A batch gets the first refusal the policy gives any of its events.
 	status, hdr := http.StatusOK, http.Header(nil)
-	if s.policy != nil {
-		status, hdr = s.policy(e, attempt)
+	for _, e := range evs {
+		s.mu.Lock()
+		s.tries[e.ID()]++
+		attempt := s.tries[e.ID()]
+		s.mu.Unlock()
+		if s.policy != nil {
+			if st, h := s.policy(e, attempt); status/100 == 2 {
+				status, hdr = st, h
+			}
+		}
 	}
 	s.mu.Lock()
-	s.got = append(s.got, received{ev: e, method: r.Method, header: r.Header.Clone(), status: status})
-	if status/100 == 2 {
-		s.counts[e.ID()]++
+	for _, e := range evs {
+		s.got = append(s.got, received{ev: e, method: r.Method, header: r.Header.Clone(), status: status, batch: len(evs), isBatch: isBatch})
+		if status/100 == 2 {
+			s.counts[e.ID()]++
+		}
 	}
 	s.mu.Unlock()
 	select {

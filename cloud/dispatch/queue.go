@@ -67,3 +67,34 @@ func (q *queue) pop(ctx context.Context) (item, bool) {
 		}
 	}
 }
+
+// takeMore appends to dst, without waiting, the items at the head of the
+// queue while len(dst) < n, take(item) is true and the running total of
+// size(item) stays within budget (the first item taken always fits). It
+// stops at the first item take refuses, leaving it at the head: an ordered
+// lane's order is kept.
+func (q *queue) takeMore(dst []item, n int, budget int, take func(item) bool, size func(item) int) []item {
+	q.mu.Lock()
+	used := 0
+	for len(dst) < n && q.head < len(q.items) {
+		it := q.items[q.head]
+		if !take(it) {
+			break
+		}
+		if used += size(it); used > budget && len(dst) > 0 {
+			break
+		}
+		dst = append(dst, it)
+		q.items[q.head] = item{}
+		q.head++
+	}
+	more := q.head < len(q.items)
+	if !more {
+		q.items, q.head = q.items[:0], 0
+	}
+	q.mu.Unlock()
+	if more {
+		q.wake()
+	}
+	return dst
+}

@@ -26,6 +26,14 @@ const (
 	ExtDLStatus       = "dlstatus"       // integer: last HTTP status, 0 if none
 	ExtDLReason       = "dlreason"       // string: why it was dead-lettered
 	ExtDLTime         = "dltime"         // timestamp: when
+	// The origin of the logged record (commitlog.Record Producer and
+	// ProducerSeq: for an event from the edge, the gateway id and outbox
+	// sequence), absent if it had none. The dead letter's own record has
+	// the dispatcher's producer, so without these the origin that order
+	// and dedup tooling keys on would be lost; a redrive carries them on
+	// to a new dead letter.
+	ExtDLProducer    = "dlproducer"    // string
+	ExtDLProducerSeq = "dlproducerseq" // string: decimal
 
 	// TypeUndecodable is the type of the wrapper event dead-lettered for a
 	// record whose value is not a valid protobuf CloudEvent; its data is the
@@ -76,6 +84,9 @@ func laneOf(key string, lanes int) int {
 type deadLetterInfo struct {
 	sub      string
 	offset   uint64
+	// producer and producerSeq are the original record's origin.
+	producer    string
+	producerSeq uint64
 	attempts int
 	status   int
 	reason   string
@@ -124,6 +135,12 @@ func deadLetterValue(orig []byte, info deadLetterInfo, dropData bool) ([]byte, e
 	pe.Attributes[ExtDLStatus] = num(info.status)
 	pe.Attributes[ExtDLReason] = str(reason)
 	pe.Attributes[ExtDLTime] = &pb.CloudEventAttributeValue{Attr: &pb.CloudEventAttributeValue_CeTimestamp{CeTimestamp: timestamppb.New(info.at)}}
+	delete(pe.Attributes, ExtDLProducer)
+	delete(pe.Attributes, ExtDLProducerSeq)
+	if info.producer != "" {
+		pe.Attributes[ExtDLProducer] = str(strings.ToValidUTF8(info.producer, "\uFFFD"))
+		pe.Attributes[ExtDLProducerSeq] = str(strconv.FormatUint(info.producerSeq, 10))
+	}
 	return proto.MarshalOptions{Deterministic: true}.Marshal(&pe)
 }
 

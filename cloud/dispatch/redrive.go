@@ -330,6 +330,7 @@ func redriveItem(rec commitlog.Record) item {
 			}
 		}
 	}
+	it.producer, it.producerSeq = dlOrigin(ev.Extensions())
 	for name := range ev.Extensions() {
 		if isDLAttribute(name) {
 			ev.SetExtension(name, nil)
@@ -339,9 +340,24 @@ func redriveItem(rec commitlog.Record) item {
 	return it
 }
 
+// dlOrigin reads the original record's origin from a dead letter's
+// attributes ("", 0 if it had none).
+func dlOrigin(ext map[string]any) (producer string, seq uint64) {
+	p, err := types.ToString(ext[ExtDLProducer])
+	if err != nil || p == "" {
+		return "", 0
+	}
+	s, err := types.ToString(ext[ExtDLProducerSeq])
+	if err != nil {
+		return p, 0
+	}
+	seq, _ = strconv.ParseUint(s, 10, 64)
+	return p, seq
+}
+
 func isDLAttribute(name string) bool {
 	switch name {
-	case ExtDLSubscription, ExtDLOffset, ExtDLAttempts, ExtDLStatus, ExtDLReason, ExtDLTime:
+	case ExtDLSubscription, ExtDLOffset, ExtDLAttempts, ExtDLStatus, ExtDLReason, ExtDLTime, ExtDLProducer, ExtDLProducerSeq:
 		return true
 	}
 	return false

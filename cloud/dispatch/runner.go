@@ -83,6 +83,10 @@ type item struct {
 	// orig is the log offset of the event: rec.Offset, except for a redrive,
 	// whose rec is the dead letter and orig the offset it recorded.
 	orig uint64
+	// producer and producerSeq are the logged record's origin (rec's, or
+	// for a redrive the one its dead letter recorded).
+	producer    string
+	producerSeq uint64
 	// reject, if set, dead-letters the event at once with this reason (an
 	// undecodable record, an unusable deliverat).
 	reject string
@@ -451,7 +455,7 @@ func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []*queu
 		r.complete(rec.Offset)
 		return nil
 	}
-	it := item{rec: rec, orig: rec.Offset}
+	it := item{rec: rec, orig: rec.Offset, producer: rec.Producer, producerSeq: rec.ProducerSeq}
 	var err error
 	if it.ev, err = decodeEvent(rec.Value); err != nil {
 		it.reject = "undecodable record: " + err.Error()
@@ -502,16 +506,26 @@ func (r *runner) noteCompletion() {
 	}
 }
 
-// lane delivers the items of one queue, one at a time, in order.
+// lane delivers the items of one queue, one request at a time, in order
+// (in batch mode a request may carry several: see takeBatch).
 func (r *runner) lane(ctx context.Context, fail context.CancelCauseFunc, q *queue, producer string, fin finisher) {
+	buf := make([]item, 0, max(1, r.c.batch))
 	for {
 		it, ok := q.pop(ctx)
 		if !ok {
 			return
 		}
-		r.stats.inFlight.Add(1)
-		err := r.handle(ctx, it, producer, fin)
-		r.stats.inFlight.Add(-1)
+		buf = r.takeBatch(q, append(buf[:0], it))
+		n := int64(len(buf))
+		r.stats.inFlight.Add(n)
+		var err error
+		if n == 1 {
+			err = r.handle(ctx, it, producer, fin)
+		} else {
+			err = r.handleBatch(ctx, buf, producer, fin)
+		}
+		clear(buf) // let the events be collected
+		r.stats.inFlight.Add(-n)
 		if err != nil {
 			if ctx.Err() == nil {
 				fail(err)
@@ -591,7 +605,7 @@ func (r *runner) handle(ctx context.Context, it item, producer string, fin finis
 // transformation), so a redrive sends it through the subscription's current
 // settings.
 func (r *runner) deadLetter(ctx context.Context, it item, producer string, attempts, status int, reason string, fin finisher) error {
-	info := deadLetterInfo{sub: r.c.ID, offset: it.orig, attempts: attempts, status: status, reason: reason, at: r.d.opts.Now()}
+	info := deadLetterInfo{sub: r.c.ID, offset: it.orig, producer: it.producer, producerSeq: it.producerSeq, attempts: attempts, status: status, reason: reason, at: r.d.opts.Now()}
 	value, err := deadLetterValue(it.rec.Value, info, false)
 	if err != nil {
 		return fmt.Errorf("build dead letter for offset %d: %w", it.orig, err)

@@ -47,12 +47,16 @@ type deliverer interface {
 var (
 	_ deliverer = (*sender)(nil)
 	_ deliverer = (*natsSender)(nil)
+	_ deliverer = (*batchSender)(nil)
 )
 
 // newDeliverer returns the deliverer for c's sink.
 func newDeliverer(c *compiled, rt http.RoundTripper, logger *slog.Logger) (deliverer, error) {
 	if c.nats != nil {
 		return newNATSSender(c, logger), nil
+	}
+	if c.batch > 0 {
+		return newBatchSender(c, rt), nil
 	}
 	return newSender(c, rt)
 }

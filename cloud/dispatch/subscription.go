@@ -116,9 +116,21 @@ type Subscription struct {
 // HTTPSettings are the HTTP binding's protocol settings.
 type HTTPSettings struct {
 	// Mode is the CloudEvents HTTP content mode: "binary" (attributes in
-	// ce- headers, data as the body) or "structured" (the whole event as
-	// application/cloudevents+json). Empty means binary.
+	// ce- headers, data as the body), "structured" (the whole event as
+	// application/cloudevents+json) or "batch" (up to BatchSize events per
+	// request as a JSON array, application/cloudevents-batch+json). Batch
+	// is for sinks that accept it (it is not the binding's default, and a
+	// sink answers for the whole batch); a NATS sink takes binary or
+	// structured only. Empty means binary.
 	Mode string `json:"mode,omitempty" yaml:"mode,omitempty"`
+	// BatchSize is the most events one request carries in batch mode. A
+	// lane sends what it has queued, up to BatchSize events and about
+	// 1 MiB of records, without waiting for more; events keep their lane's
+	// order inside the batch. A retriable answer retries the whole batch;
+	// a non-retriable one (a 4xx) sends the batch's events one by one, so
+	// only the ones the sink refuses are dead-lettered. Only with mode
+	// batch. Zero means 100; at most 1000.
+	BatchSize int `json:"batch_size,omitempty" yaml:"batch_size,omitempty"`
 	// Method is POST or PUT. Empty means POST.
 	Method string `json:"method,omitempty" yaml:"method,omitempty"`
 	// Headers are added to every request. Names may not start with "ce-"
@@ -141,6 +153,7 @@ const (
 const (
 	ModeBinary     = "binary"
 	ModeStructured = "structured"
+	ModeBatch      = "batch"
 )
 
 // Limits enforced by Validate.
@@ -149,6 +162,9 @@ const (
 	maxIDLen       = 128
 	maxTimeout     = 10 * time.Minute
 	maxRate        = 1e6
+	maxBatchSize   = 1000
+	// DefaultBatchSize is BatchSize's zero value in batch mode.
+	DefaultBatchSize = 100
 )
 
 // From values.
@@ -246,6 +262,7 @@ type compiled struct {
 	parallelism int
 	ordered     bool
 	structured  bool
+	batch       int // events per request in batch mode; 0 otherwise
 	delay       time.Duration
 	maxDelay    time.Duration
 	rateBurst   int          // with RateLimit > 0
@@ -287,8 +304,22 @@ func (s *Subscription) compile() (*compiled, error) {
 	case "", ModeBinary:
 	case ModeStructured:
 		c.structured = true
+	case ModeBatch:
+		if isNATS {
+			return nil, fieldErr("protocol_settings.mode", "a NATS sink takes binary or structured mode, not batch")
+		}
+		c.batch = ps.BatchSize
+		if c.batch == 0 {
+			c.batch = DefaultBatchSize
+		}
 	default:
-		return nil, fieldErr("protocol_settings.mode", "must be binary or structured, not %q", ps.Mode)
+		return nil, fieldErr("protocol_settings.mode", "must be binary, structured or batch, not %q", ps.Mode)
+	}
+	switch {
+	case ps.BatchSize != 0 && ps.Mode != ModeBatch:
+		return nil, fieldErr("protocol_settings.batch_size", "needs mode batch")
+	case ps.BatchSize < 0 || ps.BatchSize > maxBatchSize:
+		return nil, fieldErr("protocol_settings.batch_size", "must be between 1 and %d", maxBatchSize)
 	}
 	switch ps.Method {
 	case "":

@@ -1,15 +1,18 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"mime"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +21,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/binding/format/protobuf/v2/pb"
+	"github.com/cloudevents/sdk-go/v2/event"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,43 +43,69 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 	dur := fs.Duration("duration", 10*time.Second, "how long each phase appends")
 	devices := fs.Int("devices", 1000, "distinct subjects (devices); order is checked per subject")
 	backlog := fs.Int("backlog", 4096, "the appender keeps at most this many events appended but not delivered (so the rate is what the sink keeps up with)")
+	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the two phases to this `file` name with -ordered and -fanout before its extension")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-push-")
 		if err != nil {
 			return nil, err
 		}
 		defer os.RemoveAll(dir)
-		loadBefore := loadAverage()
-		ordered, err := runPush(ctx, progress, filepath.Join(dir, "ordered"), *dur, *devices, *backlog, 1)
+		res := map[string]any{"loadavg_before": loadAverage()}
+		// The sink alone, driven by a plain HTTP client: the ceiling the
+		// delivery phases cannot pass on this machine.
+		alone, err := runSinkAlone(ctx, 3*time.Second, *devices)
 		if err != nil {
-			return nil, fmt.Errorf("ordered: %w", err)
+			return nil, fmt.Errorf("sink alone: %w", err)
 		}
-		fanout, err := runPush(ctx, progress, filepath.Join(dir, "fanout"), *dur, *devices, *backlog, 100)
-		if err != nil {
-			return nil, fmt.Errorf("fan-out: %w", err)
+		fmt.Fprintf(progress, "push: sink alone (16 keep-alive connections, binary mode): %.0f events/s, %.1f µs CPU per event (client and sink)\n", alone.rate, alone.cpuPerEvent)
+		res["sink_alone_events_per_s"] = roundTo(alone.rate, 0)
+		res["sink_alone_cpu_us_per_event"] = roundTo(alone.cpuPerEvent, 1)
+		var lost, ooo, dups int
+		// Binary mode is the HTTP binding's default (one event per
+		// request): the headline figures. Batch mode is the opt-in
+		// (application/cloudevents-batch+json, up to 100 events a request).
+		for _, ph := range []struct {
+			name, mode string
+			subs       int
+			suffix     string
+		}{
+			{"ordered", "", 1, ""},
+			{"ordered-batch", dispatch.ModeBatch, 1, "_batch"},
+			{"fanout", "", 100, ""},
+			{"fanout-batch", dispatch.ModeBatch, 100, "_batch"},
+		} {
+			r, err := runPush(ctx, progress, filepath.Join(dir, ph.name), *dur, *devices, *backlog, ph.subs, ph.mode, profileName(*cpuProfile, ph.name))
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", ph.name, err)
+			}
+			kind := "ordered"
+			if ph.subs > 1 {
+				kind = "fanout"
+				res["appended_per_s_fanout"+ph.suffix] = roundTo(r.appendRate, 0)
+				res["delivered_fanout"+ph.suffix] = r.delivered
+				res["p99_ms_fanout"+ph.suffix] = r.p99
+			} else {
+				res["p99_ms"+ph.suffix] = r.p99
+				res["p50_ms"+ph.suffix] = r.p50
+				res["delivered_ordered"+ph.suffix] = r.delivered
+			}
+			res["events_per_s_"+kind+ph.suffix] = roundTo(r.rate, 0)
+			res["cpu_us_per_event_"+kind+ph.suffix] = roundTo(r.cpuPerEvent, 1)
+			lost += r.lost
+			ooo += r.outOfOrder
+			dups += r.redeliveries
 		}
-		return map[string]any{
-			"events_per_s_ordered":  ordered.rate,
-			"events_per_s_fanout":   fanout.rate,
-			"appended_per_s_fanout": fanout.appendRate,
-			"p99_ms":                ordered.p99,
-			"p50_ms":                ordered.p50,
-			"p99_ms_fanout":         fanout.p99,
-			"lost":                  ordered.lost + fanout.lost,
-			"out_of_order":          ordered.outOfOrder + fanout.outOfOrder,
-			"redeliveries":          ordered.redeliveries + fanout.redeliveries,
-			"delivered_ordered":     ordered.delivered,
-			"delivered_fanout":      fanout.delivered,
-			"subscriptions_fanout":  100,
-			"lanes_ordered":         16,
-			"loadavg_before":        loadBefore,
-			"loadavg_after":         loadAverage(),
-		}, nil
+		res["lost"], res["out_of_order"], res["redeliveries"] = lost, ooo, dups
+		res["subscriptions_fanout"] = 100
+		res["lanes_ordered"] = 16
+		res["batch_size"] = dispatch.DefaultBatchSize
+		res["loadavg_after"] = loadAverage()
+		return res, nil
 	}
 }
 
 type pushResult struct {
-	rate, appendRate, p50, p99                float64
+	rate, appendRate, p50, p99, cpuPerEvent   float64
 	delivered, lost, outOfOrder, redeliveries int
 }
 
@@ -91,21 +121,36 @@ type pushSink struct {
 }
 
 func (p *pushSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ev, err := cehttp.NewEventFromHTTPRequest(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return
+	var evs []*event.Event
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == event.ApplicationCloudEventsBatchJSON {
+		batch, err := cehttp.NewEventsFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for i := range batch {
+			evs = append(evs, &batch[i])
+		}
+	} else {
+		ev, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		evs = append(evs, ev)
 	}
 	now := time.Now()
 	sub := strings.Trim(r.URL.Path, "/")
-	n, _ := strconv.ParseUint(ev.Extensions()["n"].(string), 10, 64)
 	p.mu.Lock()
 	if p.seen[sub] == nil {
 		p.seen[sub], p.last[sub] = map[string]bool{}, map[string]uint64{}
 	}
-	if p.seen[sub][ev.ID()] {
-		p.dups++
-	} else {
+	for _, ev := range evs {
+		n, _ := strconv.ParseUint(fmt.Sprint(ev.Extensions()["n"]), 10, 64)
+		if p.seen[sub][ev.ID()] {
+			p.dups++
+			continue
+		}
 		p.seen[sub][ev.ID()] = true
 		if last, ok := p.last[sub][ev.Subject()]; ok && n < last {
 			p.ooo++
@@ -118,7 +163,27 @@ func (p *pushSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 }
 
-func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Duration, devices, backlog, subs int) (pushResult, error) {
+// profileName inserts -phase before name's extension ("" stays "").
+func profileName(name, phase string) string {
+	if name == "" {
+		return ""
+	}
+	ext := filepath.Ext(name)
+	return strings.TrimSuffix(name, ext) + "-" + phase + ext
+}
+
+func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Duration, devices, backlog, subs int, mode, profile string) (pushResult, error) {
+	if profile != "" {
+		f, err := os.Create(profile)
+		if err != nil {
+			return pushResult{}, err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return pushResult{}, err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log, err := commitlog.Open(filepath.Join(dir, "log"), commitlog.Options{})
 	if err != nil {
 		return pushResult{}, err
@@ -146,13 +211,13 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 	var specs []subSpec
 	if subs == 1 {
 		specs = append(specs, subSpec{"ordered", func(int) bool { return true }})
-		if err := d.Add(dispatch.Subscription{ID: "ordered", Sink: base + "ordered", Parallelism: 16}); err != nil {
+		if err := d.Add(dispatch.Subscription{ID: "ordered", Sink: base + "ordered", Parallelism: 16, ProtocolSettings: dispatch.HTTPSettings{Mode: mode}}); err != nil {
 			return pushResult{}, err
 		}
 	} else {
 		for i := range subs {
 			id := fmt.Sprintf("s%03d", i)
-			sub := dispatch.Subscription{ID: id, Sink: base + id, Parallelism: 4}
+			sub := dispatch.Subscription{ID: id, Sink: base + id, Parallelism: 4, ProtocolSettings: dispatch.HTTPSettings{Mode: mode}}
 			var match func(int) bool
 			switch i % 4 {
 			case 0: // everything
@@ -195,6 +260,7 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 	}
 	var expected int64
 	counters := make([]uint64, devices)
+	cpu0 := processCPU()
 	start := time.Now()
 	deadline := start.Add(dur)
 	appended := 0
@@ -238,7 +304,7 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 			return pushResult{}, err
 		}
 		if time.Now().After(next) {
-			fmt.Fprintf(progress, "push(%d subs): t=%4.1fs appended=%d delivered=%d\n", subs, time.Since(start).Seconds(), appended, ps.delivered.Load())
+			fmt.Fprintf(progress, "push(%d subs%s): t=%4.1fs appended=%d delivered=%d\n", subs, map[string]string{"": "", dispatch.ModeBatch: ", batch"}[mode], time.Since(start).Seconds(), appended, ps.delivered.Load())
 			next = next.Add(2 * time.Second)
 		}
 	}
@@ -249,6 +315,7 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 		time.Sleep(10 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	cpu := processCPU() - cpu0
 	stop()
 	if err := <-runDone; err != nil && !errors.Is(err, context.Canceled) {
 		return pushResult{}, err
@@ -274,8 +341,79 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 		outOfOrder:   ps.ooo,
 		redeliveries: ps.dups,
 	}
-	fmt.Fprintf(progress, "push(%d subs): appended %d, delivered %d of %d expected in %.1fs: %.0f events/s, p99 %.1f ms\n",
-		subs, appended, delivered, expected, elapsed.Seconds(), res.rate, res.p99)
+	if delivered > 0 {
+		res.cpuPerEvent = float64(cpu.Microseconds()) / float64(delivered)
+	}
+	fmt.Fprintf(progress, "push(%d subs%s): appended %d, delivered %d of %d expected in %.1fs: %.0f events/s, p99 %.1f ms, %.1f µs CPU per event (whole process: appender, log, dispatcher, sink)\n",
+		subs, map[string]string{"": "", dispatch.ModeBatch: ", batch"}[mode], appended, delivered, expected, elapsed.Seconds(), res.rate, res.p99, res.cpuPerEvent)
 
 	return res, nil
+}
+
+type sinkAloneResult struct{ rate, cpuPerEvent float64 }
+
+// runSinkAlone drives a pushSink with 16 keep-alive connections posting
+// binary-mode events (what the dispatcher sends by default) for dur.
+func runSinkAlone(ctx context.Context, dur time.Duration, devices int) (sinkAloneResult, error) {
+	ps := &pushSink{seen: map[string]map[string]bool{}, last: map[string]map[string]uint64{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return sinkAloneResult{}, err
+	}
+	srv := &http.Server{Handler: ps, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	defer srv.Close()
+	tr := &http.Transport{MaxIdleConnsPerHost: 16}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	url := "http://" + ln.Addr().String() + "/alone"
+	body := []byte(`{"reading":1,"pad":"` + strings.Repeat("x", 150) + `"}`)
+	runCtx, cancel := context.WithTimeout(ctx, dur)
+	defer cancel()
+	cpu0, start := processCPU(), time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 16)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; runCtx.Err() == nil; i++ {
+				req, _ := http.NewRequestWithContext(runCtx, http.MethodPost, url, bytes.NewReader(body))
+				dev := (w + 16*i) % devices
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set("ce-specversion", "1.0")
+				req.Header.Set("ce-id", fmt.Sprintf("a-%d-%d", w, i))
+				req.Header.Set("ce-source", "/bench")
+				req.Header.Set("ce-type", "io.bench.even")
+				req.Header.Set("ce-subject", fmt.Sprintf("devices/%d", dev))
+				req.Header.Set("ce-time", time.Now().UTC().Format(time.RFC3339Nano))
+				req.Header.Set("ce-n", strconv.Itoa(i))
+				resp, err := client.Do(req)
+				if err != nil {
+					if runCtx.Err() == nil {
+						errs <- err
+					}
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					errs <- fmt.Errorf("sink answered %s", resp.Status)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed, cpu := time.Since(start), processCPU()-cpu0
+	select {
+	case err := <-errs:
+		return sinkAloneResult{}, err
+	default:
+	}
+	n := ps.delivered.Load()
+	if n == 0 {
+		return sinkAloneResult{}, errors.New("the sink received nothing")
+	}
+	return sinkAloneResult{rate: float64(n) / elapsed.Seconds(), cpuPerEvent: float64(cpu.Microseconds()) / float64(n)}, nil
 }
