@@ -82,15 +82,15 @@ func laneOf(key string, lanes int) int {
 
 // deadLetterInfo is what a dead letter records about the failure.
 type deadLetterInfo struct {
-	sub      string
-	offset   uint64
+	sub    string
+	offset uint64
 	// producer and producerSeq are the original record's origin.
 	producer    string
 	producerSeq uint64
-	attempts int
-	status   int
-	reason   string
-	at       time.Time
+	attempts    int
+	status      int
+	reason      string
+	at          time.Time
 }
 
 // deadLetterValue returns the value of the dead-letter record: the original
