@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cloudevents/sdk-go/v2/event"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/tributary-io/tributary/cloud/commitlog"
 	"github.com/tributary-io/tributary/cloud/dispatch"
@@ -261,4 +262,20 @@ func TestSlowStreamClientDropped(t *testing.T) {
 	}
 	waitUntil(t, "the slow client dropped", func() bool { return h.dropped.Load() == 1 })
 	waitUntil(t, "its handler gone", func() bool { return h.active.Load() == 1 })
+	// What /metrics reports.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(h)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			got[mf.GetName()] = m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if got["tributary_cloud_stream_clients_dropped_total"] != 1 || got["tributary_cloud_stream_clients"] != 1 {
+		t.Fatalf("stream metrics: %v, want 1 dropped and 1 connected", got)
+	}
 }
