@@ -33,6 +33,9 @@ type Record struct {
 	// Seq is assigned at commit: strictly increasing for the life of the
 	// database, never reused, even after the outbox is emptied.
 	Seq uint64
+	// Lane is the priority lane the record was committed to (see
+	// ClassPolicy.Lane).
+	Lane uint8
 	Message
 }
 

@@ -170,6 +170,9 @@ func (o Options) Validate() error {
 		if err := p.Overflow.validate(); err != nil {
 			return fmt.Errorf("outbox: Options.Classes[%d].Overflow: %w", class, err)
 		}
+		if p.Lane >= MaxLanes {
+			return fmt.Errorf("outbox: Options.Classes[%d].Lane %d: lanes are 0 to %d", class, p.Lane, MaxLanes-1)
+		}
 	}
 	return nil
 }

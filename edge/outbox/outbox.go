@@ -99,6 +99,8 @@ type Outbox struct {
 	// readStmt is Read's query on rdb; database/sql keeps it prepared on
 	// each pooled connection.
 	readStmt *sql.Stmt
+	// readLaneStmt is ReadLane's query on rdb.
+	readLaneStmt *sql.Stmt
 
 	// gate orders senders against Close: Append and Ack hold it shared while
 	// they hand work to the writer; Close takes it exclusively to set closed,
@@ -122,10 +124,15 @@ type Outbox struct {
 	st      Stats
 	cls     [256]ClassStats // Stats.Classes, by priority
 	commitc chan struct{}   // closed and replaced after every commit (for Wait)
+	// laneLast[l] is the highest seq committed to lane l since Open (or
+	// held at Open); WaitLane reads it.
+	laneLast [MaxLanes]uint64
 
 	policy     [256]classPolicy // Options.Classes resolved
 	anyTTL     bool             // some class expires records
 	classIndex bool             // a policy reads records_class
+	laneIndex  bool             // records_lane exists: ReadLane and AckLane use it
+	lanesUsed  bool             // some class is committed to a lane above 0
 
 	w writerState // owned by the writer goroutine
 }
@@ -133,6 +140,7 @@ type Outbox struct {
 // pending is one queued Append.
 type pending struct {
 	m       Message
+	lane    uint8  // the class's lane, fixed at enqueue
 	props   []byte // encoded user properties
 	size    int    // messageSize: what MaxBatchBytes counts
 	stored  int64  // Message.StoredSize: what QuotaBytes counts
@@ -141,6 +149,7 @@ type pending struct {
 }
 
 type ackReq struct {
+	lane  int // -1: every lane (Ack); else AckLane's lane
 	upTo  uint64
 	reply chan error // buffered; receives exactly one value
 }
@@ -180,6 +189,9 @@ func Open(path string, opts Options) (*Outbox, error) {
 	var anyDrop bool
 	o.policy, o.anyTTL, anyDrop = opts.policies()
 	o.classIndex = o.anyTTL || anyDrop && opts.QuotaBytes > 0
+	for _, p := range o.policy {
+		o.lanesUsed = o.lanesUsed || p.lane != 0
+	}
 	if err := o.open(); err != nil {
 		o.closeHandles()
 		return nil, err
@@ -240,6 +252,9 @@ func (o *Outbox) open() error {
 	if err := o.loadState(ctx); err != nil {
 		return err
 	}
+	if err := o.openLanes(ctx); err != nil {
+		return err
+	}
 	if o.insert, err = o.wdb.PrepareContext(ctx, insertSQL); err != nil {
 		return fmt.Errorf("outbox: prepare insert: %w", err)
 	}
@@ -252,6 +267,9 @@ func (o *Outbox) open() error {
 	o.rdb.SetMaxOpenConns(4)
 	if o.readStmt, err = o.rdb.PrepareContext(ctx, readSQL); err != nil {
 		return fmt.Errorf("outbox: prepare read: %w", err)
+	}
+	if o.readLaneStmt, err = o.rdb.PrepareContext(ctx, o.readLaneSQL()); err != nil {
+		return fmt.Errorf("outbox: prepare lane read: %w", err)
 	}
 
 	c := url.Values{}
@@ -388,6 +406,7 @@ func (o *Outbox) AppendWait(ctx context.Context, m Message) (uint64, error) {
 
 func (o *Outbox) enqueue(ctx context.Context, m Message, done func(uint64, error)) error {
 	p := &pending{m: m, props: appendUserProperties(nil, m.UserProperties), done: done}
+	p.lane = o.policy[m.Priority].lane
 	p.size = messageSize(&p.m)
 	p.stored = m.StoredSize()
 	o.gate.RLock()
@@ -414,7 +433,11 @@ func (o *Outbox) enqueue(ctx context.Context, m Message, done func(uint64, error
 // seqs or the writer has been idle for half a second, so a drain does not
 // pay for reclaiming after every Ack.
 func (o *Outbox) Ack(upTo uint64) error {
-	req := ackReq{upTo: upTo, reply: make(chan error, 1)}
+	return o.ack(ackReq{lane: -1, upTo: upTo, reply: make(chan error, 1)})
+}
+
+// ack hands req to the writer and waits for its answer.
+func (o *Outbox) ack(req ackReq) error {
 	o.gate.RLock()
 	if o.closed {
 		o.gate.RUnlock()
@@ -468,7 +491,7 @@ func (o *Outbox) Close() error {
 // goes last: as the last connection it checkpoints and removes the WAL.
 func (o *Outbox) closeHandles() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{o.insert, o.readStmt} {
+	for _, st := range []*sql.Stmt{o.insert, o.readStmt, o.readLaneStmt} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

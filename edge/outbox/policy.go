@@ -84,12 +84,18 @@ type ClassPolicy struct {
 	// TTL is how long the class's records may wait for the cloud. 0 means
 	// Options.TTL; a negative value means they never expire.
 	TTL time.Duration
+	// Lane is the priority lane the class's records are committed to,
+	// below MaxLanes; 0 (the zero value) is lane 0. A record keeps the lane
+	// it was committed with: changing the mapping affects later records
+	// only (see lanes.go).
+	Lane uint8
 }
 
 // classPolicy is a class's policy with the defaults applied.
 type classPolicy struct {
 	drop bool          // DropOldest
 	ttl  time.Duration // 0: the class's records never expire
+	lane uint8         // ClassPolicy.Lane
 }
 
 // policies resolves o's per-class table. anyTTL reports whether any class
@@ -105,7 +111,7 @@ func (o Options) policies() (t [256]classPolicy, anyTTL, anyDrop bool) {
 		if ttl == 0 {
 			ttl = o.TTL
 		}
-		t[c] = classPolicy{drop: ov == DropOldest, ttl: max(ttl, 0)}
+		t[c] = classPolicy{drop: ov == DropOldest, ttl: max(ttl, 0), lane: p.Lane}
 		anyTTL = anyTTL || t[c].ttl > 0
 		anyDrop = anyDrop || t[c].drop
 	}

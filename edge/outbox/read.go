@@ -30,6 +30,12 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 	if err != nil {
 		return nil, o.readErr(after, err)
 	}
+	return o.scanRecords(rows, after, maxRecords, maxBytes)
+}
+
+// scanRecords reads the rows of a query of recordColumns, as Read
+// describes, and closes them.
+func (o *Outbox) scanRecords(rows *sql.Rows, after uint64, maxRecords, maxBytes int) ([]Record, error) {
 	defer rows.Close()
 	var (
 		out   []Record
@@ -37,7 +43,7 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 		// The integer columns are scanned into *any: database/sql assigns
 		// the driver's int64 there directly, where an *int64 destination
 		// goes through reflection.
-		ints  [5]any // seq, qos, retain, priority, received
+		ints  [6]any // seq, qos, retain, priority, received, lane
 		props []byte
 	)
 	for rows.Next() {
@@ -45,7 +51,7 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 		m := &r.Message
 		props = props[:0]
 		if err := rows.Scan(&ints[0], &m.ClientID, &m.Username, &m.Topic, &m.Payload, &ints[1], &ints[2],
-			&m.ContentType, &m.EventType, &ints[3], &ints[4], (*sql.RawBytes)(&props)); err != nil {
+			&m.ContentType, &m.EventType, &ints[3], &ints[4], (*sql.RawBytes)(&props), &ints[5]); err != nil {
 			return nil, fmt.Errorf("outbox: read after %d: %w", after, err)
 		}
 		seq, ok0 := ints[0].(int64)
@@ -53,18 +59,21 @@ func (o *Outbox) Read(after uint64, maxRecords, maxBytes int) ([]Record, error) 
 		retain, ok2 := ints[2].(int64)
 		pri, ok3 := ints[3].(int64)
 		received, ok4 := ints[4].(int64)
-		if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 {
-			return nil, fmt.Errorf("%w: after seq %d: integer columns hold %T, %T, %T, %T, %T",
-				ErrCorrupt, after, ints[0], ints[1], ints[2], ints[3], ints[4])
+		lane, ok5 := ints[5].(int64)
+		if !ok0 || !ok1 || !ok2 || !ok3 || !ok4 || !ok5 {
+			return nil, fmt.Errorf("%w: after seq %d: integer columns hold %T, %T, %T, %T, %T, %T",
+				ErrCorrupt, after, ints[0], ints[1], ints[2], ints[3], ints[4], ints[5])
 		}
-		if seq <= 0 || qos < 0 || qos > 2 || retain < 0 || retain > 1 || pri < 0 || pri > 255 {
-			return nil, fmt.Errorf("%w: seq %d: qos %d, retain %d, priority %d", ErrCorrupt, seq, qos, retain, pri)
+		if seq <= 0 || qos < 0 || qos > 2 || retain < 0 || retain > 1 || pri < 0 || pri > 255 || lane < 0 || lane >= MaxLanes {
+			return nil, fmt.Errorf("%w: seq %d: qos %d, retain %d, priority %d, lane %d", ErrCorrupt, seq, qos, retain, pri, lane)
 		}
 		r.Seq = uint64(seq)
+		r.Lane = uint8(lane)
 		m.QoS = byte(qos)
 		m.Retain = retain == 1
 		m.Priority = uint8(pri)
 		m.Received = fromUnixNano(received)
+		var err error
 		if m.UserProperties, err = decodeUserProperties(props); err != nil {
 			return nil, fmt.Errorf("seq %d: %w", seq, err)
 		}

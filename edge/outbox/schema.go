@@ -8,7 +8,7 @@ import (
 
 // schemaVersion is stored in PRAGMA user_version. Version 0 is a new, empty
 // database. Bump it with a step in migrations when the schema changes.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // The records table. seq uses AUTOINCREMENT so SQLite keeps the high-water
 // mark in sqlite_sequence: a plain INTEGER PRIMARY KEY would restart at 1
@@ -32,8 +32,18 @@ CREATE TABLE records (
 PRAGMA user_version = 1;
 `
 
+// schemaV2 adds the priority lane each record was committed to. Records of
+// a version 1 database were all sent on the single stream that is now lane
+// 0, and the cloud's high-water mark for them is lane 0's: the default
+// keeps them there. ADD COLUMN with a constant default does not rewrite the
+// table.
+const schemaV2 = `
+ALTER TABLE records ADD COLUMN lane INTEGER NOT NULL DEFAULT 0;
+PRAGMA user_version = 2;
+`
+
 // migrations[v] takes a database from version v-1 to v.
-var migrations = []string{1: schemaV1}
+var migrations = []string{1: schemaV1, 2: schemaV2}
 
 // records_class finds a class's oldest records: its entries are (priority,
 // seq), seq being the rowid. The DropOldest and TTL policies read it; it is
@@ -47,13 +57,13 @@ const (
 )
 
 const recordColumns = `seq, client_id, username, topic, payload, qos, retain,
-	content_type, event_type, priority, received, user_properties`
+	content_type, event_type, priority, received, user_properties, lane`
 
 const readSQL = `SELECT ` + recordColumns + ` FROM records WHERE seq > ? ORDER BY seq LIMIT ?`
 
 const insertSQL = `INSERT INTO records (client_id, username, topic, payload, qos,
-	retain, content_type, event_type, priority, received, user_properties)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	retain, content_type, event_type, priority, received, user_properties, lane)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // migrate brings the database to schemaVersion inside one immediate
 // transaction, so two processes racing to create it cannot both succeed.

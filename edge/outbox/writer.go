@@ -18,6 +18,7 @@ type writerState struct {
 	acked       uint64 // every seq <= acked is deleted
 	ackTarget   uint64 // highest seq an Ack asked for; > acked while deleting
 	ackWaiters  []ackReq
+	lanes       laneAcks // AckLane's state (lanes.go)
 
 	vacuumCheck bool // Acks freed pages: see whether to reclaim them
 	vacuuming   bool // reclaiming until the free list is empty
@@ -110,6 +111,11 @@ func (o *Outbox) run() {
 		if w.ackTarget > w.acked {
 			w.idleLong = false
 			o.ackStep()
+			continue
+		}
+		if l, ok := o.laneAckDue(); ok {
+			w.idleLong = false
+			o.laneAckStep(l)
 			continue
 		}
 		if first != nil || expired {
@@ -224,6 +230,9 @@ func (o *Outbox) drain() {
 	for o.w.ackTarget > o.w.acked {
 		o.ackStep()
 	}
+	for l, ok := o.laneAckDue(); ok; l, ok = o.laneAckDue() {
+		o.laneAckStep(l)
+	}
 }
 
 // commitGroup commits batch in one transaction and then reports to every
@@ -301,6 +310,11 @@ func (o *Outbox) commitGroup(batch []*pending) {
 	o.st.DroppedOldest += uint64(dropped.records)
 	o.st.FirstSeq = w.first
 	o.st.LastSeq = w.last
+	for i, p := range batch {
+		if p.refused == nil {
+			o.laneLast[p.lane] = g.seqs[i] // ascending within the group
+		}
+	}
 	if g.rows > 0 {
 		o.st.CommittedGroups++
 		o.st.CommittedRows += uint64(g.rows)
@@ -395,7 +409,7 @@ func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 			props = p.props
 		}
 		res, err := stmt.ExecContext(ctx, m.ClientID, m.Username, m.Topic, payload, int64(m.QoS),
-			m.Retain, m.ContentType, m.EventType, int64(m.Priority), unixNano(m.Received), props)
+			m.Retain, m.ContentType, m.EventType, int64(m.Priority), unixNano(m.Received), props, int64(p.lane))
 		if err != nil {
 			return g, fmt.Errorf("insert: %w", err)
 		}
@@ -480,6 +494,10 @@ func (o *Outbox) takeAcks() {
 
 func (o *Outbox) addAck(a ackReq) {
 	w := &o.w
+	if a.lane >= 0 {
+		o.addLaneAck(a)
+		return
+	}
 	switch {
 	case a.upTo > w.last:
 		a.reply <- fmt.Errorf("%w: ack %d, last committed %d", ErrAckAhead, a.upTo, w.last)

@@ -50,6 +50,13 @@ type ClientConfig struct {
 	// gateway on a metered or shared uplink), with bursts of a tenth of a
 	// second. Zero means unlimited.
 	MaxBytesPerSecond int
+	// Lanes lists the priority lanes above 0 (each below MaxLanes) that
+	// the client drains, each on a QUIC stream of its own whose urgency is
+	// the lane's number (see lanes.go). Lane 0 is drained on the control
+	// stream. Non-empty requires a LaneSource, which is then read and
+	// acknowledged per lane (lane 0 included). Empty (the zero value): one
+	// lane, and the Source's Read, Wait and Ack drain every record.
+	Lanes []uint32
 	// Backoff spaces reconnect attempts. Its zero value is usable (see
 	// flow.Backoff for its defaults). The Client owns it once Run starts.
 	Backoff flow.Backoff
@@ -228,6 +235,9 @@ type Client struct {
 	live    *sessionConn // the session's connection, nil between sessions
 	lastErr atomic.Pointer[string]
 
+	ackersMu   sync.Mutex
+	laneAckers map[uint32]*sourceAcker // lanes above 0 (lanes_client.go), set by Run
+
 	cmds clientCommands // commands.go
 }
 
@@ -287,8 +297,10 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 	defer c.runMu.Unlock()
 	defer c.setState(Disconnected, nil)
-	c.acker = newSourceAcker(c.src, &c.ackedSeq)
-	defer c.acker.close()
+	if err := c.checkLanes(); err != nil {
+		return err
+	}
+	defer c.startAckers()() // lanes_client.go
 	for {
 		err := c.session(ctx)
 		if ctx.Err() != nil {
@@ -374,8 +386,8 @@ func (c *Client) session(ctx context.Context) (err error) {
 	c.log.Info("sync link up", "addr", c.cfg.Addr, "high_water_mark", hwm, "window", win.Max(), "window_bytes", win.MaxBytes())
 
 	defer c.startCommands(ctx, str)() // commands.go
-	sl := &sendLoop{c: c, str: str, win: win, maxFrame: maxFrame}
-	return sl.run(ctx, conn)
+	// lanes_client.go
+	return c.runLanes(ctx, conn, str, win, maxFrame, welcome)
 }
 
 // applyCredit sets win's limits from a cloud credit, never above the
@@ -396,6 +408,7 @@ func (c *Client) handshake(str *quic.Stream) (*syncv1.Welcome, error) {
 		GatewayId:       c.cfg.GatewayID,
 		SoftwareVersion: c.cfg.SoftwareVersion,
 		AcceptsCredit:   true,
+		Lanes:           c.cfg.Lanes,
 		AcceptsCommands: c.cfg.Commands != nil,
 	}
 	if first, err := c.src.Read(0, 1, 1); err == nil && len(first) > 0 {

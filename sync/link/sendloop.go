@@ -34,6 +34,10 @@ type sendLoop struct {
 	str      *quic.Stream
 	win      *flow.Window
 	maxFrame int
+	lane     uint32       // the lane this loop drains (lanes_client.go)
+	io       laneIO       // reads the lane's records
+	acker    *sourceAcker // acknowledges the lane's records to the source
+	budget   *connBudget  // the connection's credit shared by lanes; nil with one lane
 
 	mu         sync.Mutex
 	lastAck    uint64
@@ -92,7 +96,8 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 
 	var held *batch // taken from the encoder, waiting for the window
 	for {
-		if held != nil && sl.win.CanSendSized(len(held.frame)) {
+		budgetChanged := sl.budget.changed() // before the check: no lost wake-up
+		if held != nil && sl.canSend(len(held.frame)) {
 			if err := sl.send(ctx, *held); err != nil {
 				return sl.preferPeerError(err)
 			}
@@ -115,8 +120,9 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 			if err := sl.applyAck(); err != nil {
 				return err
 			}
-		case err := <-sl.c.acker.errc:
+		case err := <-sl.acker.errc:
 			return err
+		case <-budgetChanged:
 		case err := <-batchErr:
 			if err == nil {
 				err = ctx.Err()
@@ -153,7 +159,7 @@ func (sl *sendLoop) preferPeerError(err error) error {
 // fails.
 func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- []*syncv1.Record) error {
 	cfg := &sl.c.cfg
-	src := sl.c.src
+	src := sl.io
 	for {
 		recs, err := src.Read(after, cfg.MaxBatchRecords, cfg.MaxBatchBytes)
 		if err != nil {
@@ -288,10 +294,13 @@ func (sl *sendLoop) send(ctx context.Context, b batch) error {
 	if err := sl.win.OnSendSized(b.last, len(b.frame)); err != nil {
 		return fmt.Errorf("source records out of order: %w", err)
 	}
+	sl.budget.sent(sl.lane, len(b.frame))
 	if _, err := sl.c.writeFrame(sl.str, b.frame); err != nil {
 		return fmt.Errorf("send batch: %w", remoteClose(err))
 	}
-	sl.c.sentSeq.Store(b.last)
+	if sl.lane == 0 {
+		sl.c.sentSeq.Store(b.last)
+	}
 	sl.c.batchesSent.Add(1)
 	sl.c.recordsSent.Add(uint64(b.count))
 	sl.c.bytesSent.Add(uint64(len(b.frame)))
@@ -307,14 +316,16 @@ func (sl *sendLoop) applyAck() error {
 	sl.lastCredit = nil
 	sl.mu.Unlock()
 	if credit != nil {
-		sl.c.applyCredit(sl.win, credit)
+		sl.applyCredit(credit)
 	}
+	bytes := sl.win.Bytes()
 	released, err := sl.win.OnAck(ack)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrProtocol, err)
 	}
+	sl.budget.released(sl.lane, released, bytes-sl.win.Bytes())
 	sl.c.batchesAcked.Add(uint64(released))
-	sl.c.acker.post(ack)
+	sl.acker.post(ack)
 	return nil
 }
 

@@ -23,6 +23,15 @@ type session struct {
 	// acceptsCredit: the gateway set Hello.accepts_credit. Set before the
 	// session is registered, read-only afterwards.
 	acceptsCredit bool
+
+	// Priority lanes (lanes_server.go): lane is this stream's lane; parent
+	// is the control stream's session of a lane's (nil for lane 0); share
+	// counts the batches pending on all of the connection's lanes; lanes
+	// tracks the lane goroutines.
+	lane   uint32
+	parent *session
+	share  *connShare
+	lanes  sync.WaitGroup
 	// acceptsCommands: the gateway set Hello.accepts_commands (commands.go).
 	acceptsCommands bool
 
@@ -57,6 +66,7 @@ func newSession(s *Server, gw string, conn *quic.Conn, str *quic.Stream) *sessio
 		srv: s, gw: gw, conn: conn, str: str,
 		wake:   make(chan struct{}, 1),
 		failed: make(chan struct{}),
+		share:  &connShare{},
 	}
 }
 
@@ -86,6 +96,10 @@ func (ss *session) write(f *syncv1.Frame) error {
 // the send side is closed, and run closes the connection with code once the
 // gateway closed it or ErrorLinger passed. Only the first call counts.
 func (ss *session) fail(code syncv1.ErrorCode, reason string) {
+	if ss.parent != nil {
+		ss.parent.fail(code, reason) // a lane fails its connection
+		return
+	}
 	ss.failOnce.Do(func() {
 		ss.wmu.Lock()
 		defer ss.wmu.Unlock()
@@ -109,6 +123,7 @@ func (ss *session) run(hello *syncv1.Hello) {
 		HighWaterMark:   hwm,
 		Window:          uint32(s.cfg.Window),
 		MaxFrameBytes:   uint32(s.cfg.MaxFrameBytes),
+		Lanes:           true,
 	}
 	ss.acked = hwm
 	if ss.acceptsCredit {
@@ -128,6 +143,8 @@ func (ss *session) run(hello *syncv1.Hello) {
 		defer close(ackerDone)
 		ss.ackLoop()
 	}()
+	ss.startLanes(hello) // lanes_server.go
+	defer ss.lanes.Wait()
 	readErr := ss.readLoop(hwm)
 	switch {
 	case readErr == nil:
@@ -201,16 +218,9 @@ func (ss *session) readLoop(after uint64) error {
 		after = b.GetLastSeq()
 		pb := &pendingBatch{last: after, size: r.n - before}
 		ss.mu.Lock()
-		if len(ss.pending) >= s.cfg.Window {
+		if err := ss.admit(pb.size); err != nil { // lanes_server.go
 			ss.mu.Unlock()
-			return fmt.Errorf("%w: more than %d batches unacknowledged", ErrProtocol, s.cfg.Window)
-		}
-		// The byte cap is static for the session, so a gateway that
-		// honours it never exceeds it here: acks leave the server before
-		// the gateway releases the batches they cover.
-		if ss.acceptsCredit && s.cfg.WindowBytes > 0 && len(ss.pending) > 0 && ss.pendingBytes+pb.size > s.cfg.WindowBytes {
-			ss.mu.Unlock()
-			return fmt.Errorf("%w: more than %d bytes unacknowledged", ErrProtocol, s.cfg.WindowBytes)
+			return err
 		}
 		ss.pending = append(ss.pending, pb)
 		ss.pendingBytes += pb.size
@@ -223,7 +233,7 @@ func (ss *session) readLoop(after uint64) error {
 			backlog += int64(len(recs[i].Event))
 		}
 		s.addBacklog(backlog)
-		s.sink.AppendAsync(ss.gw, recs, func(err error) {
+		s.sink.AppendAsync(LaneProducer(ss.gw, ss.lane), recs, func(err error) {
 			ss.mu.Lock()
 			pb.done, pb.err = true, err
 			ss.mu.Unlock()
@@ -253,14 +263,17 @@ func (ss *session) ackLoop() {
 		var last uint64
 		n := 0
 		var appendErr error
+		var bytes int64
 		for n < len(ss.pending) && ss.pending[n].done {
 			if appendErr = ss.pending[n].err; appendErr != nil {
 				break
 			}
 			last = ss.pending[n].last
 			ss.pendingBytes -= ss.pending[n].size
+			bytes += ss.pending[n].size
 			n++
 		}
+		ss.share.release(n, bytes)
 		ss.pending = ss.pending[n:]
 		drained := ss.eof && len(ss.pending) == 0
 		ss.mu.Unlock()
