@@ -77,6 +77,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	stateInterval := fs.Duration("state-interval", 30*time.Second, "time between uptime reports")
 	firmware := fs.String("firmware", "1.0.0", "firmware version reported in the device state")
 	count := fs.Int("count", 0, "stop after this many readings (0: run until interrupted)")
+	verbose := fs.Bool("v", false, "log every reading once it is buffered (durable), with its event id")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -139,15 +140,21 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("sensor started", "broker", *broker, "device", *device, "topic", *topic, "buffer", *bufDir)
 
 	n := 0
+	run := time.Now().UnixNano() // event ids are unique across runs
 	publish := func() {
 		ev := cloudevents.NewEvent()
+		ev.SetID(fmt.Sprintf("%s-%d-%d", *device, run, n))
 		ev.SetType("io.tributary.example.temperature")
 		ev.SetTime(time.Now())
 		reading := 20 + 5*math.Sin(float64(n)/10)
 		if err := ev.SetData(cloudevents.ApplicationJSON, map[string]any{"celsius": reading, "n": n}); err != nil {
 			log.Warn("reading not encoded", "n", n, "err", err)
-		} else if err := d.PublishEvent(ctx, *topic, ev); err != nil && !errors.Is(err, context.Canceled) {
-			log.Warn("reading not buffered", "n", n, "err", err)
+		} else if err := d.PublishEvent(ctx, *topic, ev); err != nil {
+			if !errors.Is(err, context.Canceled) {
+				log.Warn("reading not buffered", "n", n, "err", err)
+			}
+		} else if *verbose {
+			log.Info("reading buffered", "n", n, "id", ev.ID())
 		}
 		n++
 	}

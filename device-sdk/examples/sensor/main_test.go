@@ -24,7 +24,8 @@ type recorder struct {
 	mqttsrv.HookBase
 	mu   sync.Mutex
 	msgs []packets.Packet
-	subs chan string // client id + " " + filter, for each subscription
+	subs chan string   // client id + " " + filter, for each subscription
+	pubs chan struct{} // a tick for each publish (dropped when full)
 }
 
 func (r *recorder) ID() string { return "recorder" }
@@ -35,6 +36,10 @@ func (r *recorder) OnPublish(_ *mqttsrv.Client, pk packets.Packet) (packets.Pack
 	r.mu.Lock()
 	r.msgs = append(r.msgs, pk)
 	r.mu.Unlock()
+	select {
+	case r.pubs <- struct{}{}:
+	default:
+	}
 	return pk, nil
 }
 func (r *recorder) OnSubscribed(cl *mqttsrv.Client, pk packets.Packet, _ []byte) {
@@ -62,7 +67,7 @@ func (r *recorder) onTopic(topic string) []packets.Packet {
 func startBroker(t *testing.T) (string, *recorder) {
 	t.Helper()
 	s := mqttsrv.New(&mqttsrv.Options{})
-	rec := &recorder{subs: make(chan string, 100)}
+	rec := &recorder{subs: make(chan string, 100), pubs: make(chan struct{}, 1)}
 	if err := s.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}
@@ -153,8 +158,17 @@ func TestSensorAnswersReboot(t *testing.T) {
 	if r := command("dance", "r2"); r.Status != 404 || string(r.Payload) != `{"error":"no handler for command dance"}` {
 		t.Fatalf("unknown command reply %d %s", r.Status, r.Payload)
 	}
-	states := rec.onTopic(devicesdk.StateTopic("s2"))
-	if len(states) != 2 || !strings.Contains(string(states[1].Payload), `"reboots":1`) {
+	// The new boot's state is buffered right after Open, so it may be sent
+	// after the reply to a command that arrived first.
+	timeout := time.After(30 * time.Second)
+	for states := rec.onTopic(devicesdk.StateTopic("s2")); len(states) < 2; states = rec.onTopic(devicesdk.StateTopic("s2")) {
+		select {
+		case <-rec.pubs:
+		case <-timeout:
+			t.Fatalf("%d state publishes, want 2", len(states))
+		}
+	}
+	if states := rec.onTopic(devicesdk.StateTopic("s2")); len(states) != 2 || !strings.Contains(string(states[1].Payload), `"reboots":1`) {
 		t.Fatalf("state publishes: %d, last %s", len(states), states[len(states)-1].Payload)
 	}
 	cancel()
