@@ -130,10 +130,18 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("sync listen %s: %w", listen, err)
 	}
+	resetKey, err := ensureResetKey(s.dataDir)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.sync = link.NewServer(link.ServerConfig{
-		TLS:    tlsConf,
-		Window: cfg.Sync.Window,
-		Logger: logger.With("part", "sync"),
+		TLS:               tlsConf,
+		Window:            cfg.Sync.Window,
+		MaxIdleTimeout:    cfg.Sync.IdleTimeout,
+		KeepAlivePeriod:   cfg.Sync.KeepAlive,
+		StatelessResetKey: resetKey,
+		Logger:            logger.With("part", "sync"),
 	}, &ingest.Sink{Log: clog})
 
 	apiAddr := cfg.API.Listen
@@ -154,7 +162,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		mux.HandleFunc("/debug/pprof/trace", s.auth.require(ScopeAdmin, pprof.Trace))
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &collector{s: s})
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &collector{s: s}, logCollector{s.clog})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
