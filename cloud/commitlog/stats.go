@@ -21,9 +21,16 @@ type Stats struct {
 	// fsync for the appends the writer found queued together.
 	// Appended/Groups is the mean group size. Counter.
 	Groups uint64
-	// FsyncSeconds is the latency of the segment fsyncs that make groups
-	// durable.
-	FsyncSeconds Histogram
+	// GroupRecords is the distribution of records per group commit (bounds
+	// 1, 2, 4 … 16384, in records rather than seconds).
+	GroupRecords Histogram
+	// The time of an append splits into QueueSeconds, from the Append or
+	// AppendAsync call to the writer taking it into a group (waiting for
+	// the group before it to be written and fsync'd); then the group's
+	// WriteSeconds (the write system call) and FsyncSeconds (the segment
+	// fsync that makes the group durable). QueueSeconds has one
+	// observation per append, the others one per group.
+	QueueSeconds, WriteSeconds, FsyncSeconds Histogram
 	// Rolls counts segments started after Open; PreallocatedRolls those
 	// that started in a zero-filled spare (see Options.NoPreallocate).
 	// Counters.
@@ -40,10 +47,11 @@ type Stats struct {
 	Failed bool
 }
 
-// Histogram is a latency histogram in seconds, Prometheus style.
+// Histogram is a histogram, Prometheus style: of latencies in seconds, or
+// of counts (GroupRecords).
 type Histogram struct {
 	Count uint64
-	Sum   float64 // seconds
+	Sum   float64 // seconds (or records)
 	// Buckets are ascending; each counts the observations at or below its
 	// UpperBound (cumulative, as Prometheus "le" buckets). Observations
 	// above the last bound are counted only in Count.
@@ -52,7 +60,7 @@ type Histogram struct {
 
 // Bucket is one cumulative histogram bucket.
 type Bucket struct {
-	UpperBound      float64 // seconds
+	UpperBound      float64 // seconds (or records)
 	CumulativeCount uint64
 }
 
@@ -79,8 +87,8 @@ func (h Histogram) Quantile(q float64) float64 {
 	return h.Buckets[len(h.Buckets)-1].UpperBound
 }
 
-// fsyncBounds are the FsyncSeconds bucket bounds: from the 50 µs of a
-// fast NVMe flush to the seconds of a stalled network disk.
+// fsyncBounds are the bucket bounds of the latency histograms: from the
+// 50 µs of a fast NVMe flush to the seconds of a stalled network disk.
 var fsyncBounds = [...]float64{
 	50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6,
 	1e-3, 2e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1, 2.5,
@@ -113,13 +121,43 @@ func (h *histogram) snapshot() Histogram {
 	return out
 }
 
+// groupBounds are the GroupRecords bucket bounds.
+var groupBounds = [...]float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}
+
+// countHistogram is a lock-free histogram of counts being filled.
+type countHistogram struct {
+	counts [len(groupBounds) + 1]atomic.Uint64
+	sum    atomic.Uint64
+}
+
+func (h *countHistogram) observe(n int) {
+	i := 0
+	for i < len(groupBounds) && float64(n) > groupBounds[i] {
+		i++
+	}
+	h.counts[i].Add(1)
+	h.sum.Add(uint64(n))
+}
+
+func (h *countHistogram) snapshot() Histogram {
+	out := Histogram{Buckets: make([]Bucket, len(groupBounds)), Sum: float64(h.sum.Load())}
+	var cum uint64
+	for i, b := range groupBounds {
+		cum += h.counts[i].Load()
+		out.Buckets[i] = Bucket{UpperBound: b, CumulativeCount: cum}
+	}
+	out.Count = cum + h.counts[len(groupBounds)].Load()
+	return out
+}
+
 // counters are the FileLog's Stats counters, updated without FileLog.mu.
 type counters struct {
 	appended, duplicates, bytes       atomic.Uint64
 	appends, failures, groups         atomic.Uint64
 	rolls, preallocRolls              atomic.Uint64
 	retSegments, retRecords, retBytes atomic.Uint64
-	fsync                             histogram
+	queue, write, fsync               histogram
+	groupRecords                      countHistogram
 	failed                            atomic.Bool
 }
 
@@ -136,17 +174,20 @@ func (l *FileLog) Stats() Stats {
 		Groups:            c.groups.Load(),
 		Rolls:             c.rolls.Load(),
 		PreallocatedRolls: c.preallocRolls.Load(),
+		GroupRecords:      c.groupRecords.snapshot(),
+		QueueSeconds:      c.queue.snapshot(),
+		WriteSeconds:      c.write.snapshot(),
 		FsyncSeconds:      c.fsync.snapshot(),
 		RetentionSegments: c.retSegments.Load(),
 		RetentionRecords:  c.retRecords.Load(),
 		RetentionBytes:    c.retBytes.Load(),
 		Failed:            c.failed.Load(),
 	}
-	l.mu.Lock()
+	l.mu.RLock()
 	st.Segments = len(l.segments)
 	st.SizeBytes = l.bytes
 	st.FirstOffset = l.segments[0].base
 	st.NextOffset = l.next
-	l.mu.Unlock()
+	l.mu.RUnlock()
 	return st
 }

@@ -42,6 +42,15 @@ func TestStats(t *testing.T) {
 	if h := st.FsyncSeconds; h.Count < st.Groups || h.Sum <= 0 || h.Buckets[len(h.Buckets)-1].CumulativeCount > h.Count {
 		t.Fatalf("fsync histogram %+v for %d groups", h, st.Groups)
 	}
+	if h := st.GroupRecords; h.Count != st.Groups || h.Sum != float64(st.Appended) || h.Buckets[0].CumulativeCount != st.Groups {
+		t.Fatalf("group sizes %+v for %d groups of one record", h, st.Groups)
+	}
+	if h := st.QueueSeconds; h.Count != st.Appends {
+		t.Fatalf("queue histogram counts %d appends, want %d", h.Count, st.Appends)
+	}
+	if h := st.WriteSeconds; h.Count < st.Groups || h.Sum <= 0 {
+		t.Fatalf("write histogram %+v for %d groups", h, st.Groups)
+	}
 	for i := 1; i < len(st.FsyncSeconds.Buckets); i++ {
 		if b, p := st.FsyncSeconds.Buckets[i], st.FsyncSeconds.Buckets[i-1]; b.UpperBound <= p.UpperBound || b.CumulativeCount < p.CumulativeCount {
 			t.Fatalf("buckets not cumulative and ascending: %+v", st.FsyncSeconds.Buckets)

@@ -19,6 +19,7 @@ type request struct {
 	ctl    func() error
 	done   func(AppendResult, error)
 	res    AppendResult
+	queued time.Time // when it was queued
 }
 
 // recordRef locates one record's frame in request.frames and carries what
@@ -40,6 +41,7 @@ type queue struct {
 }
 
 func (q *queue) push(r *request) bool {
+	r.queued = time.Now()
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -160,6 +162,10 @@ func (w *writer) run() {
 			group[0].done(AppendResult{}, group[0].ctl())
 			continue
 		}
+		taken := time.Now()
+		for _, r := range group {
+			w.l.stats.queue.observe(taken.Sub(r.queued))
+		}
 		w.commit(group)
 		if w.rolled && w.failed == nil {
 			// The closed segments are published whole now.
@@ -256,6 +262,11 @@ func (w *writer) commit(group []*request) {
 	st := &l.stats
 	if len(w.pieces) > 0 {
 		st.groups.Add(1)
+		n := 0
+		for _, r := range group {
+			n += r.res.Appended
+		}
+		st.groupRecords.observe(n)
 	}
 	for _, r := range group {
 		st.appends.Add(1)
@@ -312,7 +323,10 @@ func (w *writer) flush() error {
 			pad := min((pageSize-end%pageSize)%pageSize, max(s.capacity-end, 0))
 			w.buf = append(w.buf, zeroPage[:pad]...)
 		}
-		if _, err := w.active.f.WriteAt(w.buf, w.size); err != nil {
+		start := time.Now()
+		_, err := w.active.f.WriteAt(w.buf, w.size)
+		w.l.stats.write.observe(time.Since(start))
+		if err != nil {
 			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
 		}
 		if w.l.cache.maxBytes > 0 {
