@@ -49,6 +49,15 @@ type SyncConfig struct {
 	// Window is how many batches a gateway may have unacknowledged. 0 means
 	// the link's default.
 	Window int `yaml:"window"`
+	// IdleTimeout closes a gateway's connection after this long without a
+	// packet from it. QUIC uses the smaller of the cloud's and the
+	// gateway's. 0 means the link's default (30 s).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
+	// KeepAlive is how often the cloud pings a quiet connection. 0 means
+	// the link's default (15 s); it should stay below half the idle
+	// timeout and below the shortest UDP NAT binding timeout on the way
+	// (often 30 s).
+	KeepAlive time.Duration `yaml:"keep_alive"`
 }
 
 // APIConfig configures the HTTP API.
@@ -154,6 +163,12 @@ func (c Config) Validate() error {
 	}
 	if s.Window < 0 {
 		return bad("sync.window", "%d is negative", s.Window)
+	}
+	if s.IdleTimeout < 0 || s.KeepAlive < 0 {
+		return bad("sync", "idle_timeout and keep_alive must not be negative")
+	}
+	if s.IdleTimeout > 0 && s.KeepAlive >= s.IdleTimeout {
+		return bad("sync.keep_alive", "%v is not below idle_timeout (%v): quiet connections would time out", s.KeepAlive, s.IdleTimeout)
 	}
 	if c.Log.SegmentBytes < 0 || c.Log.RetentionAge < 0 || c.Log.RetentionBytes < 0 {
 		return bad("log", "segment_bytes, retention_age and retention_bytes must not be negative")

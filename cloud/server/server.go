@@ -130,10 +130,18 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Close()
 		return nil, fmt.Errorf("sync listen %s: %w", listen, err)
 	}
+	resetKey, err := ensureResetKey(s.dataDir)
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
 	s.sync = link.NewServer(link.ServerConfig{
-		TLS:    tlsConf,
-		Window: cfg.Sync.Window,
-		Logger: logger.With("part", "sync"),
+		TLS:               tlsConf,
+		Window:            cfg.Sync.Window,
+		MaxIdleTimeout:    cfg.Sync.IdleTimeout,
+		KeepAlivePeriod:   cfg.Sync.KeepAlive,
+		StatelessResetKey: resetKey,
+		Logger:            logger.With("part", "sync"),
 	}, &ingest.Sink{Log: clog})
 
 	apiAddr := cfg.API.Listen

@@ -104,6 +104,17 @@ type CloudConfig struct {
 	// Linger is how long a batch waits to fill once records are waiting. 0
 	// means the link's default.
 	Linger time.Duration `yaml:"linger"`
+	// KeepAlive is how often the gateway pings a quiet link, which keeps
+	// the NAT bindings on the way open (UDP bindings often expire after
+	// 30 s) and lets the gateway notice a dead cloud. 0 means the link's
+	// default (15 s).
+	KeepAlive time.Duration `yaml:"keep_alive"`
+	// IdleTimeout ends a connection that heard nothing from the cloud for
+	// this long; the gateway then reconnects. QUIC uses the smaller of the
+	// gateway's and the cloud's. A restarted cloud resets old connections
+	// at once (stateless reset), so this bounds only silent failures. 0
+	// means the link's default (30 s).
+	IdleTimeout time.Duration `yaml:"idle_timeout"`
 }
 
 // DefaultDataDir is where a packaged gateway keeps its state.
@@ -202,6 +213,12 @@ func (c Config) Validate() error {
 	}
 	if cl.Window < 0 || cl.MaxBatchBytes < 0 || cl.Linger < 0 {
 		return bad("cloud", "window, max_batch_bytes and linger must not be negative")
+	}
+	if cl.KeepAlive < 0 || cl.IdleTimeout < 0 {
+		return bad("cloud", "keep_alive and idle_timeout must not be negative")
+	}
+	if cl.IdleTimeout > 0 && cl.KeepAlive >= cl.IdleTimeout {
+		return bad("cloud.keep_alive", "%v is not below idle_timeout (%v): a quiet link would time out", cl.KeepAlive, cl.IdleTimeout)
 	}
 	return nil
 }

@@ -32,6 +32,8 @@ type Gateway struct {
 	broker  *broker.Broker
 	client  *link.Client
 	metrics *metricsServer
+
+	commands *commandStore // commands.go
 }
 
 // New opens the outbox, starts the MQTT broker (devices may publish at once;
@@ -76,21 +78,30 @@ func New(cfg Config, logger *slog.Logger) (*Gateway, error) {
 		ob.Close()
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
+	if err := g.openCommands(b); err != nil { // commands.go
+		ob.Close()
+		return nil, err
+	}
 	if err := b.Start(); err != nil {
+		g.commands.close()
 		ob.Close()
 		return nil, fmt.Errorf("mqtt: %w", err)
 	}
 	g.broker = b
 
 	g.client = link.NewClient(link.ClientConfig{
-		Addr:          cfg.Cloud.Address,
-		TLS:           tlsConf,
-		GatewayID:     id,
-		Window:        cfg.Cloud.Window,
-		MaxBatchBytes: cfg.Cloud.MaxBatchBytes,
-		Linger:        cfg.Cloud.Linger,
-		Logger:        logger.With("part", "link"),
+		Addr:            cfg.Cloud.Address,
+		TLS:             tlsConf,
+		GatewayID:       id,
+		Window:          cfg.Cloud.Window,
+		MaxBatchBytes:   cfg.Cloud.MaxBatchBytes,
+		Linger:          cfg.Cloud.Linger,
+		KeepAlivePeriod: cfg.Cloud.KeepAlive,
+		MaxIdleTimeout:  cfg.Cloud.IdleTimeout,
+		Logger:          logger.With("part", "link"),
+		Commands:        g.commands,
 	}, &source{ob: ob, gw: id})
+	g.commands.start(b, g.client.SendCommandStatus)
 
 	if cfg.MetricsListen != "" {
 		m, err := startMetrics(cfg.MetricsListen, g)
@@ -220,6 +231,9 @@ func (g *Gateway) Close() error {
 	}
 	if g.broker != nil {
 		errs = append(errs, g.broker.Close())
+	}
+	if g.commands != nil {
+		errs = append(errs, g.commands.close())
 	}
 	if g.outbox != nil {
 		errs = append(errs, g.outbox.Close())

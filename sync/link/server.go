@@ -63,6 +63,14 @@ type ServerConfig struct {
 	// DisableZeroRTT refuses 0-RTT data: resuming gateways then send their
 	// Hello after the handshake. Zero (false) accepts it.
 	DisableZeroRTT bool
+	// StatelessResetKey lets the server answer packets of connections it
+	// does not know (a previous process's, after a crash or restart) with a
+	// QUIC stateless reset, so gateways learn at once that their connection
+	// is gone and reconnect, instead of waiting for their idle timeout. It
+	// must stay the same across restarts of the server on the same address
+	// (keep it with the server's durable state) and must be secret. Nil
+	// disables stateless resets.
+	StatelessResetKey *quic.StatelessResetKey
 	// OnCommandStatus, if set, receives every CommandStatus a gateway
 	// sends (at least once each; see commands.go), on the session's reader
 	// goroutine, before the status is acknowledged to the gateway. It must
@@ -286,7 +294,8 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		// completes: see handle, and dial.go for the reasoning.
 		Allow0RTT: !s.cfg.DisableZeroRTT,
 	}
-	ln, err := quic.ListenEarly(pc, s.cfg.TLS, qconf)
+	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey}
+	ln, err := tr.ListenEarly(s.cfg.TLS, qconf)
 	if err != nil {
 		pc.Close()
 		return fmt.Errorf("link: listen: %w", err)
@@ -326,6 +335,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 	}
 	s.wg.Wait()
 	ln.Close()
+	tr.Close()
 	pc.Close()
 	s.log.Info("sync server stopped", "addr", pc.LocalAddr().String())
 	return nil
