@@ -106,6 +106,7 @@ type State struct {
 
 // Summary is one device in a gateway's list.
 type Summary struct {
+	// Device is the device id; Version and LastUpdated are its State's.
 	Device      string    `json:"device"`
 	Version     uint64    `json:"version"`
 	LastUpdated time.Time `json:"last_updated"`
