@@ -1,7 +1,10 @@
 package server
 
 import (
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
 	"mime"
 	"net/http"
 	"strings"
@@ -31,25 +34,43 @@ type IngestResult struct {
 // keep their ids, so consumers deduplicate). Every event is validated first:
 // one invalid event refuses the whole request with 400 naming it, and
 // nothing is appended.
+//
+// What it holds a request to (CloudEvents 1.0.2 and its HTTP binding and
+// JSON format): a content type of application/cloudevents+json or
+// application/cloudevents-batch+json is structured or batch mode, and
+// anything else needs the ce-specversion header of binary mode (else 415);
+// specversion must be 1.0 (else 400); in the JSON formats every member
+// other than data and data_base64 is an attribute, whose name must be
+// lower-case ASCII letters and digits (else 400: an SDK that lower-cased
+// "myExt" would change the event). In binary mode header names are
+// case-insensitive, so ce-MyExt is the attribute myext. A body over 4 MiB
+// is 413.
 func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > maxIngestBody {
 		writeError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", r.ContentLength, maxIngestBody)
 		return
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxIngestBody)
-	if ct := r.Header.Get("Content-Type"); ct == "" && r.Header.Get("Ce-Specversion") == "" {
-		writeError(w, http.StatusUnsupportedMediaType, "send a CloudEvent: binary mode (ce-* headers), application/cloudevents+json or application/cloudevents-batch+json")
-		return
-	} else if mt, _, _ := mime.ParseMediaType(ct); strings.HasPrefix(mt, "application/cloudevents") &&
-		mt != "application/cloudevents+json" && mt != "application/cloudevents-batch+json" {
-		writeError(w, http.StatusUnsupportedMediaType, "content type %q is not supported: use application/cloudevents+json, application/cloudevents-batch+json or binary mode", mt)
-		return
-	}
+	ct := r.Header.Get("Content-Type")
+	mt, _, _ := mime.ParseMediaType(ct)
 	var events []event.Event
 	var err error
-	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == "application/cloudevents-batch+json" {
-		events, err = cehttp.NewEventsFromHTTPRequest(r)
-	} else {
+	switch {
+	case mt == event.ApplicationCloudEventsJSON || mt == event.ApplicationCloudEventsBatchJSON:
+		var body []byte
+		if body, err = io.ReadAll(r.Body); err == nil {
+			events, err = decodeJSONEvents(body, mt == event.ApplicationCloudEventsBatchJSON)
+		}
+	case strings.HasPrefix(mt, "application/cloudevents"):
+		writeError(w, http.StatusUnsupportedMediaType, "content type %q is not supported: use application/cloudevents+json, application/cloudevents-batch+json or binary mode", mt)
+		return
+	case r.Header.Get("Ce-Specversion") == "":
+		writeError(w, http.StatusUnsupportedMediaType, "content type %q without a ce-specversion header is not a CloudEvent: send binary mode (ce-specversion, ce-id, ce-source, ce-type headers and the data as the body), application/cloudevents+json or application/cloudevents-batch+json", ct)
+		return
+	case r.Header.Get("Ce-Specversion") != event.CloudEventsVersionV1:
+		writeError(w, http.StatusBadRequest, "ce-specversion %q is not supported: send 1.0", r.Header.Get("Ce-Specversion"))
+		return
+	default:
 		var ev *event.Event
 		if ev, err = cehttp.NewEventFromHTTPRequest(r); err == nil {
 			events = []event.Event{*ev}
@@ -96,4 +117,58 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, IngestResult{Appended: res.Appended, FirstOffset: res.FirstOffset, LastOffset: res.LastOffset})
+}
+
+// decodeJSONEvents decodes a structured event or a batch in the JSON
+// format, refusing what sdk-go would let through: a specversion other than
+// 1.0 and attribute names that are not lower-case letters and digits.
+func decodeJSONEvents(body []byte, batch bool) ([]event.Event, error) {
+	raws := []json.RawMessage{body}
+	if batch {
+		raws = nil
+		if err := json.Unmarshal(body, &raws); err != nil {
+			return nil, fmt.Errorf("a batch is a JSON array of events: %w", err)
+		}
+	}
+	events := make([]event.Event, 0, len(raws))
+	for i, raw := range raws {
+		where := "the event"
+		if batch {
+			where = fmt.Sprintf("event %d", i)
+		}
+		var members map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &members); err != nil {
+			return nil, fmt.Errorf("%s is not a JSON object: %w", where, err)
+		}
+		for name := range members {
+			if name != "data_base64" && !validAttributeName(name) {
+				return nil, fmt.Errorf("%s: attribute name %q: CloudEvents attribute names are lower-case ASCII letters and digits", where, name)
+			}
+		}
+		var sv string
+		if members["specversion"] == nil {
+			return nil, fmt.Errorf("%s: specversion is required (\"1.0\")", where)
+		}
+		if err := json.Unmarshal(members["specversion"], &sv); err != nil || sv != event.CloudEventsVersionV1 {
+			return nil, fmt.Errorf("%s: specversion %s is not supported: send \"1.0\"", where, members["specversion"])
+		}
+		var ev event.Event
+		if err := ev.UnmarshalJSON(raw); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		events = append(events, ev)
+	}
+	return events, nil
+}
+
+func validAttributeName(name string) bool {
+	if name == "" {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
 }

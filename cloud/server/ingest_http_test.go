@@ -45,8 +45,14 @@ func TestHTTPIngestAppendsDurably(t *testing.T) {
 	if st, b := post(t, s, writeTok, map[string]string{"Content-Type": "application/cloudevents-batch+json"}, batch); st != 200 || b["appended"] != 2.0 {
 		t.Fatalf("batch: %d %v", st, b)
 	}
-	if n := s.Log().NextOffset(); n != 4 {
-		t.Fatalf("log holds %d records, want 4", n)
+	// Header names are case-insensitive: ce-MyExt is the attribute myext.
+	// A long extension name is allowed (20 characters is a SHOULD).
+	mixed := map[string]string{"Content-Type": "text/plain", "CE-SPECVERSION": "1.0", "ce-id": "b-2", "Ce-Source": "/a", "Ce-Type": "t", "Ce-MyExt": "v", "Ce-Averyverylongextensionname": "w"}
+	if st, b := post(t, s, writeTok, mixed, []byte(`hi`)); st != 200 {
+		t.Fatalf("binary with mixed-case headers: %d %v", st, b)
+	}
+	if n := s.Log().NextOffset(); n != 5 {
+		t.Fatalf("log holds %d records, want 5", n)
 	}
 	recs, err := s.Log().Read(0, 10, 1<<20)
 	if err != nil {
@@ -56,6 +62,9 @@ func TestHTTPIngestAppendsDurably(t *testing.T) {
 	raw, err := DecodeEvent(recs[0].Value)
 	if err != nil || json.Unmarshal(raw, &ev) != nil || ev["id"] != "b-1" || ev["subject"] != "rooms/1" || recs[0].Topic != "rooms/1" {
 		t.Fatalf("first record: %s (%v), topic %q", raw, err, recs[0].Topic)
+	}
+	if raw, err := DecodeEvent(recs[4].Value); err != nil || json.Unmarshal(raw, &ev) != nil || ev["myext"] != "v" || ev["averyverylongextensionname"] != "w" {
+		t.Fatalf("mixed-case binary record: %s (%v)", raw, err)
 	}
 }
 
@@ -77,6 +86,23 @@ func TestHTTPIngestRefusesBadInput(t *testing.T) {
 		{"one bad in a batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"},
 			[]byte(`[{"specversion":"1.0","id":"ok","source":"/a","type":"t"},{"specversion":"1.0","id":"bad","type":"t"}]`), 400, "event 1"},
 		{"too large", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"1.0","id":"big","source":"/a","type":"t","data":"` + strings.Repeat("x", maxIngestBody) + `"}`), 413, "limit"},
+		{"too large batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[{"specversion":"1.0","id":"big","source":"/a","type":"t","data":"` + strings.Repeat("x", maxIngestBody) + `"}]`), 413, "limit"},
+		{"too large binary", binaryHeaders("1.0"), bytes.Repeat([]byte("x"), maxIngestBody+1), 413, "limit"},
+		// Binary mode needs ce-specversion; plain JSON is not a CloudEvent.
+		{"json without ce headers", map[string]string{"Content-Type": "application/json"}, []byte(`{"t":1}`), 415, "ce-specversion"},
+		{"binary without specversion", func() map[string]string { h := binaryHeaders("1.0"); delete(h, "Ce-Specversion"); return h }(), []byte(`{}`), 415, "ce-specversion"},
+		// Only CloudEvents 1.0, in every mode (sdk-go alone takes 0.3).
+		{"binary 0.3", binaryHeaders("0.3"), []byte(`{}`), 400, `ce-specversion "0.3"`},
+		{"binary 2.0", binaryHeaders("2.0"), []byte(`{}`), 400, `ce-specversion "2.0"`},
+		{"structured 0.3", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"0.3","id":"a","source":"/a","type":"t"}`), 400, "specversion"},
+		{"structured no specversion", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"id":"a","source":"/a","type":"t"}`), 400, "specversion is required"},
+		{"batch 0.3", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[{"specversion":"1.0","id":"a","source":"/a","type":"t"},{"specversion":"0.3","id":"b","source":"/a","type":"t"}]`), 400, "event 1: specversion"},
+		// Attribute names: lower-case letters and digits only.
+		{"upper-case extension", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t","myExt":"x"}`), 400, `"myExt"`},
+		{"underscore extension", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[{"specversion":"1.0","id":"a","source":"/a","type":"t","my_ext":"x"}]`), 400, `"my_ext"`},
+		{"binary underscore extension", func() map[string]string { h := binaryHeaders("1.0"); h["Ce-My_ext"] = "x"; return h }(), []byte(`{}`), 400, "attribute names"},
+		{"batch not an array", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t"}`), 400, "JSON array"},
+		{"structured mode, charset", map[string]string{"Content-Type": "application/cloudevents+json; charset=utf-8"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t","Data":1}`), 400, `"Data"`},
 	} {
 		tok := writeTok
 		if tc.name == "read scope" {
@@ -91,6 +117,11 @@ func TestHTTPIngestRefusesBadInput(t *testing.T) {
 	if n := s.Log().NextOffset(); n != 0 {
 		t.Fatalf("refused requests appended %d records", n)
 	}
+}
+
+// binaryHeaders are a binary-mode event's headers with the given specversion.
+func binaryHeaders(specversion string) map[string]string {
+	return map[string]string{"Content-Type": "application/json", "Ce-Specversion": specversion, "Ce-Id": "b", "Ce-Source": "/a", "Ce-Type": "t"}
 }
 
 func FuzzHTTPIngest(f *testing.F) {
