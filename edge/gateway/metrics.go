@@ -30,6 +30,9 @@ type collector struct {
 	descs    map[string]*prometheus.Desc
 	rejected *prometheus.Desc // by priority
 	dropped  *prometheus.Desc // by priority and reason
+	// backlogAge, commitLatency and mqttDropped are read from the outbox
+	// and the broker beside Stats (metrics_backlog.go).
+	backlogAge, commitLatency, mqttDropped *prometheus.Desc
 }
 
 var metricDefs = []struct {
@@ -43,6 +46,7 @@ var metricDefs = []struct {
 	{"tributary_edge_mqtt_committed_total", "Forwarded publishes committed to the outbox.", true, func(s Stats) float64 { return float64(s.Broker.Committed) }},
 	{"tributary_edge_mqtt_commit_errors_total", "Forwarded publishes the outbox failed to commit.", true, func(s Stats) float64 { return float64(s.Broker.CommitErrors) }},
 	{"tributary_edge_mqtt_rejected_total", "Publishes refused to their client.", true, func(s Stats) float64 { return float64(s.Broker.Rejected) }},
+	{"tributary_edge_mqtt_throttled_total", "MQTT 3.1.1 publishes held back (connection not read) for exceeding mqtt.limits.publish_rate.", true, func(s Stats) float64 { return float64(s.Broker.Throttled) }},
 	{"tributary_edge_mqtt_local_dropped_total", "Messages mochi dropped on the way to local subscribers.", true, func(s Stats) float64 { return float64(s.Broker.LocalDropped) }},
 	{"tributary_edge_outbox_records", "Records held in the outbox (not yet acknowledged by the cloud).", false, func(s Stats) float64 { return float64(s.Outbox.Records) }},
 	{"tributary_edge_outbox_payload_bytes", "Payload bytes held in the outbox.", false, func(s Stats) float64 { return float64(s.Outbox.PayloadBytes) }},
@@ -66,6 +70,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 	ch <- c.rejected
 	ch <- c.dropped
+	ch <- c.backlogAge
+	ch <- c.commitLatency
+	ch <- c.mqttDropped
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -84,6 +91,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.DroppedOldest), p, outbox.DropReasonQuota)
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.Expired), p, outbox.DropReasonExpired)
 	}
+	c.collectMore(ch, s)
 }
 
 func b2f(b bool) float64 {
@@ -102,6 +110,7 @@ func startMetrics(addr string, g *Gateway) (*metricsServer, error) {
 	c.descs["tributary_edge_link_connected"] = prometheus.NewDesc("tributary_edge_link_connected", "1 while the link to the cloud is up.", nil, labels)
 	c.rejected = prometheus.NewDesc("tributary_edge_outbox_rejected_total", "Publishes refused because the outbox quota was full (reject-new).", []string{"priority"}, labels)
 	c.dropped = prometheus.NewDesc("tributary_edge_outbox_dropped_total", "Records deleted before the cloud took them, by configured policy.", []string{"priority", "reason"}, labels)
+	c.describeMore(labels)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	mux := http.NewServeMux()

@@ -120,6 +120,8 @@ type Outbox struct {
 	closeOnce sync.Once
 	closeErr  error
 
+	commitTime commitTimer // CommitLatency (backlog.go)
+
 	mu      sync.Mutex
 	st      Stats
 	cls     [256]ClassStats // Stats.Classes, by priority

@@ -245,6 +245,7 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		clear(batch) // drop references to payloads
 		o.w.batch = batch[:0]
 	}()
+	start := time.Now()
 	g, err := o.insertGroup(batch)
 	if err != nil {
 		err = fmt.Errorf("outbox: commit %d messages: %w", len(batch), classify(err))
@@ -260,6 +261,7 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		}
 		return
 	}
+	o.commitTime.observe(time.Since(start))
 	w := &o.w
 	var (
 		touched classSet
