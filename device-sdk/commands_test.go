@@ -483,3 +483,63 @@ func TestCommandConfigRejected(t *testing.T) {
 		}
 	}
 }
+
+// A command published while the device is away waits in its persistent
+// session and runs when it returns: Config.Commands is installed before the
+// connection, and the command is routed even before the subscription is
+// renewed.
+func TestCommandQueuedWhileOffline(t *testing.T) {
+	b := startCmdBroker(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cfg := Config{Broker: b.addr, DeviceID: "cmd-away", Commands: map[string]CommandHandler{"echo": echo}}
+	c, err := Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.subs.wait(t, "cmd-away", commandFilter("cmd-away"), 1)
+	c.Close(time.Second)
+	cl := newCaller(t, b, "cmd-away")
+	cl.send(t, "cmd-away", "echo", "queued", `{"while":"away"}`)
+	c, err = Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(time.Second)
+	r := cl.reply(t, "cmd-away", "queued")
+	if r.Status != 200 || string(r.Payload) != `{"got":{"while":"away"},"id":"queued","name":"echo"}` {
+		t.Fatalf("reply %d %s", r.Status, r.Payload)
+	}
+}
+
+// Whatever arrives on a command topic, the device does not panic and every
+// reply is a CommandReply with a valid status.
+func FuzzCommandMessage(f *testing.F) {
+	f.Add(CommandTopic("d", "echo", "r1"), []byte(`{"x":1}`))
+	f.Add(CommandTopic("d", "nope", "r2"), []byte(`not json`))
+	f.Add("$tributary/commands/d/echo/a/b", []byte{})
+	f.Add("$tributary/commands/d/panics/r3", []byte(`null`))
+	f.Fuzz(func(t *testing.T, topic string, payload []byte) {
+		var mu sync.Mutex
+		var replies [][]byte
+		cmd := newCommander("d", discard(), map[string]CommandHandler{
+			"echo":   echo,
+			"panics": func(context.Context, Command) (int, any, error) { panic("boom") },
+		}, func(_ context.Context, _ string, b []byte) error {
+			mu.Lock()
+			replies = append(replies, b)
+			mu.Unlock()
+			return nil
+		})
+		cmd.onMessage(nil, message{topic: topic, payload: payload})
+		if err := cmd.close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range replies {
+			var r CommandReply
+			if err := json.Unmarshal(b, &r); err != nil || r.Status < 100 || r.Status > 599 {
+				t.Fatalf("reply %q: %v", b, err)
+			}
+		}
+	})
+}
