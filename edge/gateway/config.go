@@ -76,6 +76,12 @@ type ClassConfig struct {
 	Overflow string `yaml:"overflow"`
 	// TTL: 0 means outbox.ttl; negative means never expire.
 	TTL time.Duration `yaml:"ttl"`
+	// Lane is the priority lane the class's records travel on to the
+	// cloud, 0 to 7: each lane is a stream of its own and lower lanes go
+	// first, so a class in lane 0 (alarms) overtakes a backlog in lane 2
+	// (telemetry). A record keeps the lane it was committed with. 0 (the
+	// zero value): lane 0, where every class is unless configured.
+	Lane uint8 `yaml:"lane"`
 }
 
 // CloudConfig is the link to the cloud.
@@ -196,6 +202,9 @@ func (c Config) Validate() error {
 		if err := validOverflow(cl.Overflow); err != nil {
 			return bad(fmt.Sprintf("outbox.classes.%d.overflow", p), "%v", err)
 		}
+		if cl.Lane >= outbox.MaxLanes {
+			return bad(fmt.Sprintf("outbox.classes.%d.lane", p), "%d: lanes are 0 to %d", cl.Lane, outbox.MaxLanes-1)
+		}
 	}
 	cl := c.Cloud
 	if cl.Address == "" {
@@ -244,7 +253,7 @@ func (c OutboxConfig) options() outbox.Options {
 	if len(c.Classes) > 0 {
 		o.Classes = make(map[uint8]outbox.ClassPolicy, len(c.Classes))
 		for p, cl := range c.Classes {
-			o.Classes[p] = outbox.ClassPolicy{Overflow: outbox.Overflow(cl.Overflow), TTL: cl.TTL}
+			o.Classes[p] = outbox.ClassPolicy{Overflow: outbox.Overflow(cl.Overflow), TTL: cl.TTL, Lane: cl.Lane}
 		}
 	}
 	return o

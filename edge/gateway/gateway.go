@@ -96,6 +96,7 @@ func New(cfg Config, logger *slog.Logger) (*Gateway, error) {
 		Window:          cfg.Cloud.Window,
 		MaxBatchBytes:   cfg.Cloud.MaxBatchBytes,
 		Linger:          cfg.Cloud.Linger,
+		Lanes:           clientLanes(ob), // lanes.go
 		KeepAlivePeriod: cfg.Cloud.KeepAlive,
 		MaxIdleTimeout:  cfg.Cloud.IdleTimeout,
 		Logger:          logger.With("part", "link"),
