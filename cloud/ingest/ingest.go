@@ -15,9 +15,13 @@ import (
 )
 
 // Sink appends gateway records to a Log. Each record becomes one log record
-// with Producer = gateway id, ProducerSeq = outbox seq (the log drops resends
-// at or below the gateway's high-water mark), Topic = the event's subject and
-// Value = the CloudEvent in protobuf format.
+// with Producer = the name the link passes (the gateway id for lane 0 and
+// link.LaneProducer(gateway, lane) for a priority lane above it, so that
+// each lane has its own high-water mark: exactly once per gateway, lane and
+// seq), ProducerSeq = outbox seq (the log drops resends at or below the
+// producer's high-water mark), Topic = the event's subject and Value = the
+// CloudEvent in protobuf format. link.ParseLaneProducer recovers the
+// gateway from a producer name.
 type Sink struct {
 	Log commitlog.Log
 }

@@ -1,8 +1,17 @@
 package link
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
-// Priority lanes: a design, not yet built (issue 4, item 3).
+// Priority lanes (issue 4, item 3): built as designed below;
+// lanes_client.go, lanes_server.go and edge/outbox/lanes.go hold the code.
+// Differences from the design: lanes are limited to MaxLanes (QUIC's eight
+// urgencies); Welcome.lanes tells the gateway the cloud serves lanes (an old
+// cloud does not, and the gateway then drains lane 0 only, never another
+// lane's records under lane 0's producer); credits are sent on lane 0 only
+// and bound all lanes together (connBudget, connShare).
 //
 // Goal: an alarm committed behind an hour of telemetry backlog reaches the
 // cloud in about one round trip, not after the backlog. Today a gateway has
@@ -73,4 +82,19 @@ func LaneProducer(gateway string, lane uint32) string {
 		return gateway
 	}
 	return gateway + "/lane-" + strconv.FormatUint(uint64(lane), 10)
+}
+
+// ParseLaneProducer is the inverse of LaneProducer: the gateway and lane of
+// a log producer name. A name without a lane suffix is lane 0 of the
+// gateway of that name.
+func ParseLaneProducer(producer string) (gateway string, lane uint32) {
+	i := strings.LastIndex(producer, "/lane-")
+	if i < 0 {
+		return producer, 0
+	}
+	n, err := strconv.ParseUint(producer[i+len("/lane-"):], 10, 32)
+	if err != nil || n == 0 || strconv.FormatUint(n, 10) != producer[i+len("/lane-"):] {
+		return producer, 0
+	}
+	return producer[:i], uint32(n)
 }

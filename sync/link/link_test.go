@@ -166,6 +166,9 @@ func TestLaneProducer(t *testing.T) {
 			if (lane == 0) != (p == gw) {
 				t.Fatalf("LaneProducer(%q, %d) = %q", gw, lane, p)
 			}
+			if g, l := ParseLaneProducer(p); g != gw || l != lane {
+				t.Fatalf("ParseLaneProducer(%q) = %q, %d", p, g, l)
+			}
 		}
 	}
 }
