@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"sync"
 
 	"github.com/tributary-io/tributary/cloud/devicestate"
 )
@@ -15,7 +16,10 @@ import (
 // lives in <data_dir>/devicestate.
 type deviceState struct {
 	store *devicestate.Store
-	done  chan struct{} // closed when the feeding goroutine ended; nil if never started
+
+	mu     sync.Mutex
+	cancel context.CancelFunc // stops the feeding goroutine; nil if never started
+	done   chan struct{}      // closed when the feeding goroutine ended; nil if never started
 }
 
 // openDeviceState loads the device-state snapshot; called by New.
@@ -34,25 +38,33 @@ func (s *Server) openDeviceState() error {
 // runDeviceState feeds the view from the log until ctx ends; called by Run.
 func (s *Server) runDeviceState(ctx context.Context) {
 	ds := s.devstate
-	ds.done = make(chan struct{})
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	ds.mu.Lock()
+	ds.cancel, ds.done = cancel, done
+	ds.mu.Unlock()
 	go func() {
-		defer close(ds.done)
+		defer close(done)
 		if err := ds.store.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 			s.log.Error("device state stopped", "err", err)
 		}
 	}()
 }
 
-// closeDeviceState waits for the feeding goroutine (Run has returned, so
-// its context is done) and writes the final snapshot; called by Close
-// before the log closes.
+// closeDeviceState stops the feeding goroutine (normally Run has returned
+// and stopped it already), waits for it and writes the final snapshot;
+// called by Close before the log closes.
 func (s *Server) closeDeviceState() error {
 	ds := s.devstate
 	if ds == nil {
 		return nil
 	}
-	if ds.done != nil {
-		<-ds.done
+	ds.mu.Lock()
+	cancel, done := ds.cancel, ds.done
+	ds.mu.Unlock()
+	if done != nil {
+		cancel()
+		<-done
 	}
 	if err := ds.store.Close(); err != nil && !errors.Is(err, devicestate.ErrClosed) {
 		return fmt.Errorf("device state: %w", err)
