@@ -43,6 +43,7 @@ type Server struct {
 	devstate *deviceState
 	api      *http.Server
 	apiLn    net.Listener
+	cmds     *commandHub // commands.go
 
 	closeOnce sync.Once
 	closeErr  error
@@ -135,7 +136,9 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 		s.Close()
 		return nil, err
 	}
+	s.cmds = newCommandHub(clog, logger.With("part", "commands")) // commands.go
 	s.sync = link.NewServer(link.ServerConfig{
+		OnCommandStatus:   s.cmds.onStatus,
 		TLS:               tlsConf,
 		Window:            cfg.Sync.Window,
 		MaxIdleTimeout:    cfg.Sync.IdleTimeout,
@@ -156,6 +159,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	mux := http.NewServeMux()
 	s.routes(mux)
 	s.deviceStateRoutes(mux)
+	s.commandRoutes(mux)
 	if cfg.API.Pprof {
 		mux.HandleFunc("/debug/pprof/", s.auth.require(ScopeAdmin, pprof.Index))
 		mux.HandleFunc("/debug/pprof/profile", s.auth.require(ScopeAdmin, pprof.Profile))
@@ -163,6 +167,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &collector{s: s}, logCollector{s.clog})
+	reg.MustRegister(s.cmds.collectors()...)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
