@@ -321,7 +321,8 @@ func encodeState(props map[string]any) ([]byte, error) {
 // with status 404 and {"error":"no handler for command <name>"}. A command
 // that arrives before its handler is registered gets that 404: register
 // handlers that must see commands queued while the device was away in
-// Config.Commands instead. The reply is published directly with QoS 1 (not
+// Config.Commands instead. Each command runs on a goroutine of its own, so
+// handlers run concurrently. The reply is published directly with QoS 1 (not
 // buffered; see Device for a reply that survives a broken link).
 func (c *Client) HandleCommand(name string, h CommandHandler) { c.cmd.handle(name, h) }
 
@@ -343,7 +344,8 @@ func (c *Client) ReportState(ctx context.Context, props map[string]any) error {
 // offline buffer: it is sent when the link is back, even across a reboot.
 // A command is acknowledged to the gateway before its handler runs, so a
 // crash while it runs loses the command (the caller sees a timeout); it is
-// never run twice in one process.
+// never run twice in one process. A reply that does not fit in a full buffer
+// (RejectNew) is dropped and logged.
 func (d *Device) HandleCommand(name string, h CommandHandler) { d.cmd.handle(name, h) }
 
 // ReportState buffers props as a JSON merge patch (RFC 7386) of the
