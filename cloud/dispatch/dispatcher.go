@@ -154,6 +154,8 @@ type Dispatcher struct {
 	stopped bool
 	fatal   chan error    // first runner failure (log broken)
 	done    chan struct{} // closed when Run starts stopping (ends Tails)
+
+	decoded *decodeCache // events decoded by one subscription, read by the others
 }
 
 // New returns a dispatcher that reads from log and keeps its cursors in dir
@@ -173,7 +175,7 @@ func New(log commitlog.Log, dir string, opts Options) (*Dispatcher, error) {
 			}
 		}
 	}
-	d := &Dispatcher{log: log, dir: dir, opts: opts.withDefaults(), subs: map[string]*runner{}, fatal: make(chan error, 1), done: make(chan struct{})}
+	d := &Dispatcher{log: log, dir: dir, opts: opts.withDefaults(), subs: map[string]*runner{}, fatal: make(chan error, 1), done: make(chan struct{}), decoded: new(decodeCache)}
 	if d.opts.Transport == nil {
 		d.ownTrans = DefaultTransport()
 		d.opts.Transport = d.ownTrans

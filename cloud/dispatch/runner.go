@@ -457,7 +457,7 @@ func (r *runner) route(ctx context.Context, rec commitlog.Record, queues []*queu
 	}
 	it := item{rec: rec, orig: rec.Offset, producer: rec.Producer, producerSeq: rec.ProducerSeq}
 	var err error
-	if it.ev, err = decodeEvent(rec.Value); err != nil {
+	if it.ev, err = r.d.decoded.decode(rec); err != nil {
 		it.reject = "undecodable record: " + err.Error()
 	}
 	if it.ev != nil && !r.c.matcher.Match(it.ev) {
