@@ -77,12 +77,14 @@ func (l *FileLog) ReadTopic(topic string, from uint64, max int) ([]Record, error
 	offs := t.collect(from, l.next, max, nil)
 	// The offsets in the tail cache (a suffix of offs) are read from it.
 	var cached [][]byte
+	var held []*tailChunk
 	if first, ok := l.cache.first(); ok {
 		k := sort.Search(len(offs), func(i int) bool { return offs[i] >= first })
-		cached = l.cache.frames(offs[k:], make([][]byte, 0, len(offs)-k))
+		cached, held = l.cache.frames(offs[k:], make([][]byte, 0, len(offs)-k), nil)
 		offs = offs[:k]
 	}
 	l.mu.RUnlock()
+	defer release(held)
 
 	out := make([]Record, 0, len(offs)+len(cached))
 	var seeks []int64
@@ -170,6 +172,7 @@ func (l *FileLog) readCached(from uint64, maxRecords, maxBytes int) (out []Recor
 	end := l.next
 	chunks := l.cache.span(from, end, maxRecords)
 	l.mu.RUnlock()
+	defer release(chunks)
 
 	size := 0
 	for _, c := range chunks {

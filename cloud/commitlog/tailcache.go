@@ -1,6 +1,9 @@
 package commitlog
 
-import "sort"
+import (
+	"sort"
+	"sync/atomic"
+)
 
 // tailCache keeps the frames of the latest group commits in memory, so that
 // readers of the tail copy records from memory instead of reading the
@@ -16,12 +19,15 @@ import "sort"
 // instead, which needs no mmap (and no SIGBUS risk when a file shrinks) and
 // goes through no FS. Older records are read from the files as before.
 //
-// The frames are the sealed frames the writer wrote and fsync'd, copied once
-// per group. A chunk is published with its group (under FileLog.mu) and is
-// never changed after, so readers may keep and read a chunk after releasing
-// the lock; eviction only drops the cache's reference. Chunks cover
-// consecutive offsets without gaps: every published record is in a chunk
-// from the first cached offset on.
+// The frames are the sealed frames the writer wrote and fsync'd: the
+// writer's group buffer itself, handed over after the write. A chunk is
+// published with its group (under FileLog.mu) and not changed while the
+// cache holds it. A reader that finds a chunk under the lock takes a
+// reference (refs) and reads it after releasing the lock; the writer reuses
+// the buffers of an evicted chunk for a later group only once its refs are
+// back to 0 (no reader can take a new one: it is no longer in the cache).
+// Chunks cover consecutive offsets without gaps: every published record is
+// in a chunk from the first cached offset on.
 //
 // Guarded by FileLog.mu.
 type tailCache struct {
@@ -37,6 +43,7 @@ type tailChunk struct {
 	first  uint64   // offset of the first record
 	data   []byte   // whole sealed frames, as written
 	starts []uint32 // start of each record's frame in data
+	refs   atomic.Int32
 }
 
 // maxTailChunks bounds the chunk count (whatever their bytes), so that a
@@ -55,11 +62,15 @@ func (c *tailChunk) frame(off uint64) []byte {
 	return c.data[c.starts[i]:end]
 }
 
-// add publishes chunk (which must start where the last one ends) and evicts
-// the oldest chunks beyond the limits.
-func (tc *tailCache) add(chunk *tailChunk) {
+// maxRetired bounds the evicted chunks kept for their buffers.
+const maxRetired = 4
+
+// add publishes chunk (which must start where the last one ends), evicts
+// the oldest chunks beyond the limits and returns retired with the evicted
+// chunks appended (at most maxRetired are kept).
+func (tc *tailCache) add(chunk *tailChunk, retired []*tailChunk) []*tailChunk {
 	if tc.maxBytes == 0 {
-		return
+		return retired
 	}
 	if k := len(tc.chunks); k > tc.head && tc.chunks[k-1].next() != chunk.first {
 		tc.clear() // not contiguous (cannot happen in a healthy log): start again
@@ -67,7 +78,11 @@ func (tc *tailCache) add(chunk *tailChunk) {
 	tc.chunks = append(tc.chunks, chunk)
 	tc.bytes += int64(len(chunk.data))
 	for len(tc.chunks)-tc.head > 1 && (tc.bytes > tc.maxBytes || len(tc.chunks)-tc.head > tc.maxChunks) {
-		tc.bytes -= int64(len(tc.chunks[tc.head].data))
+		c := tc.chunks[tc.head]
+		if len(retired) < maxRetired {
+			retired = append(retired, c)
+		}
+		tc.bytes -= int64(len(c.data))
 		tc.chunks[tc.head] = nil
 		tc.head++
 	}
@@ -77,6 +92,7 @@ func (tc *tailCache) add(chunk *tailChunk) {
 		tc.chunks = tc.chunks[:n]
 		tc.head = 0
 	}
+	return retired
 }
 
 func (tc *tailCache) clear() {
@@ -105,30 +121,42 @@ func (tc *tailCache) find(off uint64) int {
 	return tc.head + sort.Search(len(live), func(i int) bool { return live[i].next() > off })
 }
 
-// frames appends to out the frames of offs (ascending, all cached).
-func (tc *tailCache) frames(offs []uint64, out [][]byte) [][]byte {
+// frames appends to out the frames of offs (ascending, all cached), and to
+// held the chunks they are in, each with a reference taken: the caller
+// reads the frames after releasing FileLog.mu and then calls release(held).
+func (tc *tailCache) frames(offs []uint64, out [][]byte, held []*tailChunk) ([][]byte, []*tailChunk) {
 	i := -1
 	for _, off := range offs {
 		if i < 0 || off >= tc.chunks[i].next() {
 			i = tc.find(off)
+			tc.chunks[i].refs.Add(1)
+			held = append(held, tc.chunks[i])
 		}
 		out = append(out, tc.chunks[i].frame(off))
 	}
-	return out
+	return out, held
 }
 
 // span returns the chunks holding [from, end), from cached, end at most the
-// last cached offset + 1; records beyond maxRecords are left out. The
-// chunks are immutable: the caller may read them without the lock.
+// last cached offset + 1; records beyond maxRecords are left out. Like
+// frames, it takes a reference to each chunk for the caller to release.
 func (tc *tailCache) span(from, end uint64, maxRecords int) []*tailChunk {
 	var out []*tailChunk
 	n := 0
 	for i := tc.find(from); i < len(tc.chunks) && tc.chunks[i].first < end && n < maxRecords; i++ {
 		c := tc.chunks[i]
+		c.refs.Add(1)
 		out = append(out, c)
 		n += int(c.next() - max(c.first, from))
 	}
 	return out
+}
+
+// release drops the references frames or span took.
+func release(held []*tailChunk) {
+	for _, c := range held {
+		c.refs.Add(-1)
+	}
 }
 
 // trim drops the chunks entirely below first (after retention).

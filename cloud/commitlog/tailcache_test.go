@@ -142,30 +142,38 @@ func TestTailCacheEviction(t *testing.T) {
 		return c
 	}
 	tc := tailCache{maxBytes: 10, maxChunks: 3}
+	var retired []*tailChunk
 	if _, ok := tc.first(); ok || tc.holds(0) {
 		t.Fatal("an empty cache holds something")
 	}
-	tc.add(chunk(0, 2, 3)) // offsets 0-1, 5 bytes
-	tc.add(chunk(2, 4))    // offset 2, 9 bytes in all
+	retired = tc.add(chunk(0, 2, 3), retired) // offsets 0-1, 5 bytes
+	retired = tc.add(chunk(2, 4), retired)    // offset 2, 9 bytes in all
 	if first, _ := tc.first(); first != 0 || !tc.holds(2) || tc.holds(3) {
 		t.Fatalf("first %d, holds(2) %v, holds(3) %v", first, tc.holds(2), tc.holds(3))
 	}
-	if f := tc.frames([]uint64{1, 2}, nil); string(f[0]) != "\x01\x01\x01" || string(f[1]) != "\x02\x02\x02\x02" {
-		t.Fatalf("frames: %q", f)
+	f, held := tc.frames([]uint64{1, 2}, nil, nil)
+	if string(f[0]) != "\x01\x01\x01" || string(f[1]) != "\x02\x02\x02\x02" || len(held) != 2 || held[0].refs.Load() != 1 || held[1].refs.Load() != 1 {
+		t.Fatalf("frames: %q, %d chunks held", f, len(held))
 	}
-	tc.add(chunk(3, 2)) // 11 bytes: the first chunk goes
-	if first, _ := tc.first(); first != 2 || tc.bytes != 6 {
-		t.Fatalf("after eviction by bytes: first %d, bytes %d", first, tc.bytes)
+	release(held)
+	if held[0].refs.Load() != 0 {
+		t.Fatal("release left a reference")
 	}
-	tc.add(chunk(4, 1))
-	tc.add(chunk(5, 1)) // four chunks: one goes
+	retired = tc.add(chunk(3, 2), retired) // 11 bytes: the first chunk goes
+	if first, _ := tc.first(); first != 2 || tc.bytes != 6 || len(retired) != 1 || retired[0].first != 0 {
+		t.Fatalf("after eviction by bytes: first %d, bytes %d, %d retired", first, tc.bytes, len(retired))
+	}
+	retired = tc.add(chunk(4, 1), retired)
+	retired = tc.add(chunk(5, 1), retired) // four chunks: one goes
 	if first, _ := tc.first(); first != 3 || len(tc.chunks)-tc.head != 3 {
 		t.Fatalf("after eviction by count: first %d, %d chunks", first, len(tc.chunks)-tc.head)
 	}
-	if sp := tc.span(3, 6, 2); len(sp) != 2 || sp[0].first != 3 || sp[1].first != 4 {
+	if sp := tc.span(3, 6, 2); len(sp) != 2 || sp[0].first != 3 || sp[1].first != 4 || sp[0].refs.Load() != 1 {
 		t.Fatalf("span(3, 6, 2): %d chunks", len(sp))
+	} else {
+		release(sp)
 	}
-	tc.add(chunk(20, 50)) // larger than the limit and not contiguous: kept alone
+	retired = tc.add(chunk(20, 50), retired) // larger than the limit and not contiguous: kept alone
 	if first, _ := tc.first(); first != 20 || tc.holds(5) || !tc.holds(20) || tc.bytes != 50 {
 		t.Fatalf("after a gap: first %d, bytes %d", first, tc.bytes)
 	}
@@ -176,13 +184,13 @@ func TestTailCacheEviction(t *testing.T) {
 	// Many chunks: the evicted prefix is compacted away.
 	tc = tailCache{maxBytes: 1 << 20, maxChunks: 10}
 	for i := range uint64(1000) {
-		tc.add(chunk(i, 1))
+		retired = tc.add(chunk(i, 1), retired)
 	}
 	if first, _ := tc.first(); first != 990 || len(tc.chunks) > 200 || tc.find(995) != tc.head+5 {
 		t.Fatalf("first %d, %d slots, find(995) %d (head %d)", first, len(tc.chunks), tc.find(995), tc.head)
 	}
 	off := tailCache{}
-	off.add(chunk(0, 1))
+	_ = off.add(chunk(0, 1), nil)
 	if off.holds(0) {
 		t.Fatal("a cache with maxBytes 0 keeps chunks")
 	}
@@ -285,5 +293,30 @@ func TestTailCacheConcurrentReaders(t *testing.T) {
 	close(errc)
 	for err := range errc {
 		t.Error(err)
+	}
+}
+
+// TestTailCacheReuseWaitsForReaders: the writer does not write a new group
+// into the buffer of an evicted chunk that a reader still holds.
+func TestTailCacheReuseWaitsForReaders(t *testing.T) {
+	l := openFile(t, t.TempDir(), Options{TailCacheBytes: 1, NoPreallocate: true})
+	mustAppend(t, l, Record{Topic: "t", Value: []byte("first")})
+	l.mu.RLock()
+	frames, held := l.cache.frames([]uint64{0}, nil, nil)
+	l.mu.RUnlock()
+	for i := range 50 { // each group evicts the one before (and may reuse its buffer)
+		mustAppend(t, l, Record{Topic: "t", Value: fmt.Appendf(nil, "later-%d", i)})
+	}
+	m, err := parseBody(frames[0][frameHeaderLen:])
+	if err != nil || string(m.value) != "first" || m.offset != 0 {
+		t.Fatalf("held frame now %q at offset %d (%v): its buffer was reused", m.value, m.offset, err)
+	}
+	release(held)
+	for i := range 5 {
+		mustAppend(t, l, Record{Topic: "t", Value: fmt.Appendf(nil, "again-%d", i)})
+	}
+	recs, err := l.Read(0, 100, 1<<20)
+	if err != nil || len(recs) != 56 || string(recs[0].Value) != "first" || string(recs[55].Value) != "again-4" {
+		t.Fatalf("Read: %d records, %v", len(recs), err)
 	}
 }

@@ -1,7 +1,6 @@
 package commitlog
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -125,6 +124,7 @@ type writer struct {
 	newTopics map[string]*topicOffsets // topics first seen in the group
 	hwmAdds   []hwmAdd
 	chunks    []*tailChunk // for the tail cache
+	retired   []*tailChunk // evicted from the tail cache: buffers to reuse
 	rolled    bool
 	closed    []*segment // closed by rolls, snapshots not yet written
 }
@@ -299,6 +299,18 @@ func (w *writer) topic(name string) *topicOffsets {
 	return t
 }
 
+// reuse returns the buffers of a retired tail-cache chunk that no reader
+// holds any more, emptied, or nil ones.
+func (w *writer) reuse() ([]byte, []uint32) {
+	for i, c := range w.retired {
+		if c.refs.Load() == 0 {
+			w.retired = slices.Delete(w.retired, i, i+1)
+			return c.data[:0], c.starts[:0]
+		}
+	}
+	return nil, nil
+}
+
 // piece returns the current group's piece of the active segment.
 func (w *writer) piece() *piece {
 	if k := len(w.pieces); k > 0 && w.pieces[k-1].seg == w.active {
@@ -330,8 +342,12 @@ func (w *writer) flush() error {
 			return fmt.Errorf("commitlog: write %s at byte %d: %w", w.active.path, w.size, err)
 		}
 		if w.l.cache.maxBytes > 0 {
-			// Published with the group (if the fsync succeeds).
-			w.chunks = append(w.chunks, &tailChunk{first: w.bufFirst, data: bytes.Clone(w.buf[:n]), starts: slices.Clone(w.bufStarts)})
+			// The buffer goes to the tail cache, published with the group
+			// (if the fsync succeeds); the next group is written into the
+			// buffer of a chunk the cache no longer holds, which saves
+			// copying the group and faulting in new memory for it.
+			w.chunks = append(w.chunks, &tailChunk{first: w.bufFirst, data: w.buf[:n], starts: w.bufStarts})
+			w.buf, w.bufStarts = w.reuse()
 		}
 		w.bufStarts = w.bufStarts[:0]
 		w.size += int64(n)
@@ -427,7 +443,7 @@ func (w *writer) publish() {
 		l.hwm[h.producer] = h.seq
 	}
 	for _, c := range w.chunks {
-		l.cache.add(c)
+		w.retired = l.cache.add(c, w.retired)
 	}
 	clear(w.chunks)
 	w.chunks = w.chunks[:0]

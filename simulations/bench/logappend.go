@@ -614,11 +614,21 @@ func laLogStats(clog *commitlog.FileLog, res map[string]any) {
 	if st.Groups > 0 {
 		res["records_per_group"] = roundTo(float64(st.Appended)/float64(st.Groups), 1)
 	}
-	if p := st.FsyncSeconds.Quantile(0.5); p >= 0 {
-		res["fsync_p50_ms"] = roundTo(p*1e3, 3)
+	// Where an append's time goes: waiting for the group before it
+	// (queue), then its group's write and fsync. Quantiles are estimated
+	// from the log's histogram buckets.
+	for name, h := range map[string]commitlog.Histogram{"queue": st.QueueSeconds, "write": st.WriteSeconds, "fsync": st.FsyncSeconds} {
+		for _, q := range []struct {
+			key string
+			q   float64
+		}{{"p50", 0.5}, {"p99", 0.99}, {"p99_6", 0.996}} {
+			if p := h.Quantile(q.q); p >= 0 {
+				res[name+"_"+q.key+"_ms"] = roundTo(p*1e3, 3)
+			}
+		}
 	}
-	if p := st.FsyncSeconds.Quantile(0.99); p >= 0 {
-		res["fsync_p99_ms"] = roundTo(p*1e3, 3)
+	if p := st.GroupRecords.Quantile(0.5); p >= 0 {
+		res["group_records_p50"] = roundTo(p, 1)
 	}
 }
 
