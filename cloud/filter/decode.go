@@ -3,6 +3,7 @@ package filter
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"gopkg.in/yaml.v3"
@@ -41,10 +42,27 @@ func (f *Filter) UnmarshalJSON(b []byte) error {
 		case "sql":
 			dst = &g.SQL
 		}
-		dec := json.NewDecoder(bytes.NewReader(v))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(dst); err != nil {
-			return &Error{Path: dialect, Err: err}
+		if dialect == "all" || dialect == "any" {
+			// Element by element, so an error names its position.
+			var elems []json.RawMessage
+			if err := json.Unmarshal(v, &elems); err != nil {
+				return &Error{Path: dialect, Err: err}
+			}
+			list := make([]Filter, len(elems))
+			for i, e := range elems {
+				if err := json.Unmarshal(e, &list[i]); err != nil {
+					return nestErr(fmt.Sprintf("%s[%d]", dialect, i), err)
+				}
+			}
+			if elems != nil {
+				*dst.(*[]Filter) = list
+			}
+		} else {
+			dec := json.NewDecoder(bytes.NewReader(v))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(dst); err != nil {
+				return nestErr(dialect, err)
+			}
 		}
 		if err := checkPresent(dialect, g); err != nil {
 			return err
@@ -129,4 +147,17 @@ func checkPresent(dialect string, g Filter) error {
 		return errorf(dialect, "needs a filter expression")
 	}
 	return errorf(dialect, "needs at least one attribute")
+}
+
+// nestErr puts path in front of err's own path (a nested filter's error),
+// or wraps err at path.
+func nestErr(path string, err error) error {
+	var fe *Error
+	if errors.As(err, &fe) {
+		if fe.Path != "" {
+			path += "." + fe.Path
+		}
+		return &Error{Path: path, Err: fe.Err}
+	}
+	return &Error{Path: path, Err: err}
 }

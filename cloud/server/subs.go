@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/tributary-io/tributary/cloud/dispatch"
+	"github.com/tributary-io/tributary/cloud/filter"
 )
 
 // subStore keeps the subscriptions created through the API durably in one
@@ -123,15 +125,46 @@ const maxSubscriptionBody = 1 << 20
 
 func decodeSubscription(r *http.Request) (dispatch.Subscription, error) {
 	var s dispatch.Subscription
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxSubscriptionBody))
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxSubscriptionBody))
+	if err != nil {
+		return s, fmt.Errorf("request body: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&s); err != nil {
-		return s, fmt.Errorf("request body: %w", err)
+		return s, fmt.Errorf("request body: %w", locateFilterError(body, err))
 	}
 	if dec.More() {
 		return s, errors.New("request body: more than one JSON value")
 	}
 	return s, nil
+}
+
+// locateFilterError adds the position ("filters[2].any[0]") to a filter
+// error from decoding a subscription: encoding/json does not say which
+// element a custom decoder refused.
+func locateFilterError(body []byte, err error) error {
+	var fe *filter.Error
+	if !errors.As(err, &fe) {
+		return err
+	}
+	var top struct {
+		Filters []json.RawMessage `json:"filters"`
+	}
+	if json.Unmarshal(body, &top) != nil {
+		return err
+	}
+	for i, raw := range top.Filters {
+		var f filter.Filter
+		if ferr := json.Unmarshal(raw, &f); errors.As(ferr, &fe) {
+			path := fmt.Sprintf("filters[%d]", i)
+			if fe.Path != "" {
+				path += "." + fe.Path
+			}
+			return &filter.Error{Path: path, Err: fe.Err}
+		}
+	}
+	return err
 }
 
 func (s *Server) view(sub dispatch.Subscription, withStats bool) subscriptionView {
