@@ -250,6 +250,41 @@ func TestDeviceSDKRebootWhileOffline(t *testing.T) {
 	t.Logf("%d readings acknowledged before the kill, all in the log once; %d more readings in the log", len(acked), extra)
 
 	// 4. The reported state: one update per boot, merged.
+	waitState(t, cloud, deadline, 2, map[string]any{"firmware": "3.2.1", "reboots": 0.0})
+
+	// 5. The reboot command through the cloud's API, the sync link and the
+	// gateway: the device replies 202, reboots, and reports a third boot.
+	body := strings.NewReader(`{"reason":"e2e"}`)
+	req, err := http.NewRequest(http.MethodPost, cloud.APIURL+"/v1/gateways/gw-1/devices/sdk-dev/commands/reboot?timeout=60s", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+cloud.Token)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var view struct {
+		Status      string          `json:"status"`
+		ReplyStatus int             `json:"reply_status"`
+		Payload     json.RawMessage `json:"payload"`
+		Reason      string          `json:"reason"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&view)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK || view.Status != "replied" || view.ReplyStatus != 202 ||
+		string(view.Payload) != `{"firmware":"3.2.1","rebooting":true}` {
+		t.Fatalf("reboot command: %s %+v %s (%v)", resp.Status, view, view.Payload, err)
+	}
+	waitState(t, cloud, time.Now().Add(60*time.Second), 3, map[string]any{"reboots": 1.0})
+}
+
+// waitState polls the cloud's device-state API until the device's version
+// reaches version, then checks it is exactly that and that the reported
+// properties hold want.
+func waitState(t *testing.T, cloud *procs.Cloud, deadline time.Time, version int, want map[string]any) {
+	t.Helper()
 	for {
 		resp, err := cloud.Get("/v1/gateways/gw-1/devices/sdk-dev/state")
 		if err != nil {
@@ -261,11 +296,16 @@ func TestDeviceSDKRebootWhileOffline(t *testing.T) {
 		}
 		err = json.NewDecoder(resp.Body).Decode(&st)
 		resp.Body.Close()
-		if resp.StatusCode == http.StatusOK && err == nil && st.Version >= 2 {
-			if st.Version != 2 || st.Reported["firmware"] != "3.2.1" || st.Reported["reboots"] != 0.0 {
-				t.Fatalf("device state version %d %v", st.Version, st.Reported)
+		if resp.StatusCode == http.StatusOK && err == nil && st.Version >= version {
+			if st.Version != version {
+				t.Fatalf("device state version %d, want %d: %v", st.Version, version, st.Reported)
 			}
-			break
+			for k, v := range want {
+				if st.Reported[k] != v {
+					t.Fatalf("device state version %d: %s = %v, want %v (%v)", st.Version, k, st.Reported[k], v, st.Reported)
+				}
+			}
+			return
 		}
 		if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusNotFound {
 			t.Fatalf("GET state: %s", resp.Status)

@@ -19,9 +19,10 @@
 //	TOKEN=$(cat data/cloud/api-token)
 //	curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8080/v1/gateways/gw-1/devices/sensor-1/state
 //	curl -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
-//	    -d '{"reason":"curl"}' http://127.0.0.1:8080/v1/gateways/gw-1/devices/sensor-1/commands/reboot
+//	    -d '{"reason":"curl"}' 'http://127.0.0.1:8080/v1/gateways/gw-1/devices/sensor-1/commands/reboot?timeout=10s'
 //
-// The command's answer is the device's reply, {"status":202,"payload":{"rebooting":true,...}}.
+// The command call answers once the device replied:
+// {"status":"replied","reply_status":202,"payload":{"rebooting":true,...},...}.
 // With a TLS gateway, pass -broker ssl://host:8883 and -cacert (and -cert
 // and -key for a client certificate); -user and -password send credentials.
 //
