@@ -255,8 +255,7 @@ func (s *commandStore) Accept(req *syncv1.CommandRequest) {
 		c.state, c.reason = syncv1.CommandState_COMMAND_STATE_EXPIRED, "expired before it reached the gateway"
 		s.expired.Add(1)
 	default:
-		s.accepted.Add(1)
-		s.online[req.GetDevice()] = true // publish once committed
+		s.accepted.Add(1) // commit marks its device for publishing
 	}
 	s.cmds[id] = c
 	s.change(c, true)
@@ -467,6 +466,13 @@ func (s *commandStore) commit() {
 	sts := make([]*syncv1.CommandStatus, 0, len(after))
 	for _, c := range after {
 		sts = append(sts, c.statusMsg())
+	}
+	for _, r := range rows {
+		// Newly committed commands may be published now (publish skips
+		// uncommitted ones, and may have run while this one was).
+		if c := s.cmds[r.id]; c != nil && c.state == syncv1.CommandState_COMMAND_STATE_ACCEPTED && !c.published {
+			s.online[c.req.GetDevice()] = true
+		}
 	}
 	s.mu.Unlock()
 	for _, st := range sts {
