@@ -75,7 +75,8 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /v1/subscriptions/{id}/deadletters", read(s.handleDeadLetters))
 	mux.HandleFunc("POST /v1/subscriptions/{id}/deadletters/redrive", write(s.handleRedrive))
 	mux.HandleFunc("POST /v1/subscriptions/{id}/replay", write(s.handleReplay))
-	mux.HandleFunc("GET /v1/stream", read(newStreamHandler(s).ServeHTTP))
+	s.stream = newStreamHandler(s)
+	mux.HandleFunc("GET /v1/stream", read(s.stream.ServeHTTP))
 }
 
 // handleEvents pages through the central log: from (default: the first

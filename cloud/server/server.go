@@ -43,7 +43,8 @@ type Server struct {
 	devstate *deviceState
 	api      *http.Server
 	apiLn    net.Listener
-	cmds     *commandHub // commands.go
+	cmds     *commandHub    // commands.go
+	stream   *streamHandler // stream.go; set by routes
 
 	closeOnce sync.Once
 	closeErr  error
@@ -168,6 +169,7 @@ func New(cfg Config, logger *slog.Logger) (*Server, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), &collector{s: s}, logCollector{s.clog})
 	reg.MustRegister(s.cmds.collectors()...)
+	reg.MustRegister(s.stream)
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	s.api = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	return s, nil
