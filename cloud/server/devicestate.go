@@ -87,6 +87,8 @@ func (s *Server) deviceStateRoutes(mux *http.ServeMux) {
 
 // DeviceList is the answer of GET /v1/gateways/{gateway}/devices.
 type DeviceList struct {
+	// Gateway is the gateway asked about; Devices its devices that
+	// reported state, sorted by id (empty for an unknown gateway).
 	Gateway string                `json:"gateway"`
 	Devices []devicestate.Summary `json:"devices"`
 	// Offset is the log offset the view reflects (every record below it).
