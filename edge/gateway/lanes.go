@@ -32,7 +32,7 @@ func clientLanes(ob *outbox.Outbox) []uint32 {
 
 func (s *source) ReadLane(lane uint32, after uint64, maxRecords, maxBytes int) ([]*syncv1.Record, error) {
 	if lane >= outbox.MaxLanes {
-		return nil, fmt.Errorf("gateway: lane %d: lanes are 0 to %d", lane, outbox.MaxLanes-1)
+		return nil, laneError(lane)
 	}
 	recs, err := s.ob.ReadLane(uint8(lane), after, maxRecords, maxBytes)
 	if err != nil {
@@ -47,14 +47,18 @@ func (s *source) ReadLane(lane uint32, after uint64, maxRecords, maxBytes int) (
 
 func (s *source) WaitLane(ctx context.Context, lane uint32, after uint64) error {
 	if lane >= outbox.MaxLanes {
-		return fmt.Errorf("gateway: lane %d: lanes are 0 to %d", lane, outbox.MaxLanes-1)
+		return laneError(lane)
 	}
 	return s.ob.WaitLane(ctx, uint8(lane), after)
 }
 
 func (s *source) AckLane(lane uint32, upTo uint64) error {
 	if lane >= outbox.MaxLanes {
-		return fmt.Errorf("gateway: lane %d: lanes are 0 to %d", lane, outbox.MaxLanes-1)
+		return laneError(lane)
 	}
 	return s.ob.AckLane(uint8(lane), upTo)
+}
+
+func laneError(lane uint32) error {
+	return fmt.Errorf("gateway: lane %d: lanes are 0 to %d", lane, outbox.MaxLanes-1)
 }

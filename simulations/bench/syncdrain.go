@@ -29,7 +29,6 @@ import (
 	"github.com/tributary-io/tributary/cloud/ingest"
 	"github.com/tributary-io/tributary/edge/gateway"
 	"github.com/tributary-io/tributary/edge/outbox"
-	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
 	"github.com/tributary-io/tributary/sync/link"
 	"github.com/tributary-io/tributary/sync/pki"
 )
@@ -174,7 +173,7 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 		Window:          c.window,
 		MaxBatchRecords: c.batchRecords,
 		MaxBatchBytes:   c.batchBytes,
-	}, &outboxSource{ob: ob, gw: benchGateway})
+	}, gateway.NewSource(ob, benchGateway))
 
 	if c.cpuProfile != "" {
 		f, err := os.Create(c.cpuProfile)
@@ -287,30 +286,6 @@ func benchTLS() (server, client *tls.Config, err error) {
 	}
 	return server, client, nil
 }
-
-// outboxSource is the gateway's adapter from its outbox to the link (the
-// same mapping as edge/gateway: gateway.ToRecord).
-type outboxSource struct {
-	ob *outbox.Outbox
-	gw string
-}
-
-var _ link.Source = (*outboxSource)(nil)
-
-func (s *outboxSource) Read(after uint64, maxRecords, maxBytes int) ([]*syncv1.Record, error) {
-	recs, err := s.ob.Read(after, maxRecords, maxBytes)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]*syncv1.Record, len(recs))
-	for i := range recs {
-		out[i] = gateway.ToRecord(s.gw, &recs[i])
-	}
-	return out, nil
-}
-
-func (s *outboxSource) Wait(ctx context.Context, after uint64) error { return s.ob.Wait(ctx, after) }
-func (s *outboxSource) Ack(upTo uint64) error                        { return s.ob.Ack(upTo) }
 
 // telemetry returns a JSON payload of exactly size bytes for message n of
 // device dev: a dozen sensor readings with random digits (so it compresses

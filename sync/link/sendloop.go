@@ -69,7 +69,7 @@ func (sl *sendLoop) run(ctx context.Context, conn *quic.Conn) (err error) {
 		sl.errCh <- sl.readLoop()
 	}()
 	bctx, stopBatcher := context.WithCancel(ctx)
-	read := make(chan []*syncv1.Record, batchesAhead)
+	read := make(chan srcBatch, batchesAhead)
 	batches := make(chan batch, batchesAhead)
 	batchErr := make(chan error, 2)
 	wg.Add(2)
@@ -157,15 +157,15 @@ func (sl *sendLoop) preferPeerError(err error) error {
 // batcher reads the source from after on and hands records to out, one
 // Read's worth at a time and in seq order, until ctx ends (nil) or reading
 // fails.
-func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- []*syncv1.Record) error {
+func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- srcBatch) error {
 	cfg := &sl.c.cfg
 	src := sl.io
 	for {
-		recs, err := src.Read(after, cfg.MaxBatchRecords, cfg.MaxBatchBytes)
+		recs, err := src.ReadBatch(after, cfg.MaxBatchRecords, cfg.MaxBatchBytes)
 		if err != nil {
 			return fmt.Errorf("source read: %w", err)
 		}
-		if len(recs) == 0 {
+		if recs.len() == 0 {
 			if err := src.Wait(ctx, after); err != nil {
 				if ctx.Err() != nil {
 					return nil
@@ -174,15 +174,15 @@ func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- []*syn
 			}
 			continue
 		}
-		if cfg.Linger > 0 && len(recs) < cfg.MaxBatchRecords && payloadSize(recs) < cfg.MaxBatchBytes {
+		if cfg.Linger > 0 && recs.len() < cfg.MaxBatchRecords && recs.size() < cfg.MaxBatchBytes {
 			if !sleep(ctx, cfg.Linger) {
 				return nil
 			}
-			if recs, err = src.Read(after, cfg.MaxBatchRecords, cfg.MaxBatchBytes); err != nil {
+			if recs, err = src.ReadBatch(after, cfg.MaxBatchRecords, cfg.MaxBatchBytes); err != nil {
 				return fmt.Errorf("source read: %w", err)
 			}
 		}
-		if last := recs[len(recs)-1].GetSeq(); last <= after {
+		if last := recs.lastSeq(); last <= after {
 			return fmt.Errorf("source records out of order: seq %d after %d", last, after)
 		}
 		select {
@@ -190,22 +190,22 @@ func (sl *sendLoop) batcher(ctx context.Context, after uint64, out chan<- []*syn
 		case <-ctx.Done():
 			return nil
 		}
-		after = recs[len(recs)-1].GetSeq()
+		after = recs.lastSeq()
 	}
 }
 
 // encoder turns the batcher's records into frames, splitting them to fit
 // the cloud's frame limit, until in is closed or ctx ends (nil) or a record
 // cannot be sent.
-func (sl *sendLoop) encoder(ctx context.Context, in <-chan []*syncv1.Record, out chan<- batch) error {
+func (sl *sendLoop) encoder(ctx context.Context, in <-chan srcBatch, out chan<- batch) error {
 	for {
-		var recs []*syncv1.Record
+		var recs srcBatch
 		select {
 		case recs = <-in:
 		case <-ctx.Done():
 			return nil
 		}
-		for len(recs) > 0 {
+		for recs.len() > 0 {
 			b, err := sl.encode(recs)
 			if err != nil {
 				return err
@@ -215,7 +215,7 @@ func (sl *sendLoop) encoder(ctx context.Context, in <-chan []*syncv1.Record, out
 			case <-ctx.Done():
 				return nil
 			}
-			recs = recs[b.count:]
+			recs = recs.from(b.count)
 		}
 	}
 }
@@ -242,10 +242,10 @@ func payloadSize(recs []*syncv1.Record) int {
 
 // encode encodes as many of recs as fit in one frame the cloud accepts
 // (at least one, or ErrRecordTooLarge).
-func (sl *sendLoop) encode(recs []*syncv1.Record) (batch, error) {
-	n := len(recs)
+func (sl *sendLoop) encode(recs srcBatch) (batch, error) {
+	n := recs.len()
 	for {
-		b, raw, err := wire.EncodeBatch(recs[:n], sl.c.cfg.CompressAbove)
+		b, raw, err := recs.encode(n, sl.c.cfg.CompressAbove)
 		if err != nil {
 			return batch{}, fmt.Errorf("source returned records that cannot be sent: %w", err)
 		}
@@ -257,7 +257,7 @@ func (sl *sendLoop) encode(recs []*syncv1.Record) (batch, error) {
 			return batch{}, err
 		}
 		if n == 1 {
-			return batch{}, fmt.Errorf("%w: seq %d encodes to more than %d bytes", ErrRecordTooLarge, recs[0].GetSeq(), sl.maxFrame)
+			return batch{}, fmt.Errorf("%w: seq %d encodes to more than %d bytes", ErrRecordTooLarge, recs.firstSeq(), sl.maxFrame)
 		}
 		n /= 2
 	}
