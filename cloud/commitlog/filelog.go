@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 )
@@ -120,20 +121,21 @@ func (l *FileLog) Append(ctx context.Context, recs []Record) (AppendResult, erro
 	if err != nil {
 		return AppendResult{}, err
 	}
-	type result struct {
-		res AppendResult
-		err error
+	if req.wait == nil {
+		req.wait = make(chan struct{}, 1)
+		req.signal = req.finishSync
 	}
-	ch := make(chan result, 1)
-	req.done = func(res AppendResult, err error) { ch <- result{res, err} }
+	req.done = req.signal
 	if !l.q.push(req) {
 		return AppendResult{}, ErrClosed
 	}
 	select {
-	case r := <-ch:
-		return r.res, r.err
+	case <-req.wait:
+		res, err := req.out, req.outErr
+		putRequest(req) // the writer is done with it
+		return res, err
 	case <-ctx.Done():
-		return AppendResult{}, ctx.Err()
+		return AppendResult{}, ctx.Err() // req stays with the writer (and then the GC)
 	}
 }
 
@@ -145,6 +147,8 @@ func (l *FileLog) AppendAsync(recs []Record, done func(AppendResult, error)) {
 	req, err := l.newRequest(recs)
 	if err != nil {
 		req = &request{err: err} // still queued, so done keeps call order
+	} else {
+		req.recycle = true
 	}
 	req.done = done
 	if !l.q.push(req) {
@@ -162,7 +166,9 @@ func (l *FileLog) newRequest(recs []Record) (*request, error) {
 		}
 		size += frameHeaderLen + n
 	}
-	req := &request{frames: make([]byte, 0, size), metas: make([]recordRef, len(recs))}
+	req := requestPool.Get().(*request)
+	req.frames = slices.Grow(req.frames[:0], size)
+	req.metas = slices.Grow(req.metas[:0], len(recs))[:len(recs)]
 	for i := range recs {
 		r := &recs[i]
 		m := recordRef{start: len(req.frames), topic: r.Topic, producer: r.Producer, seq: r.ProducerSeq}

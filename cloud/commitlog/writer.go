@@ -19,6 +19,50 @@ type request struct {
 	done   func(AppendResult, error)
 	res    AppendResult
 	queued time.Time // when it was queued
+
+	// Pooling (see putRequest). recycle: an AppendAsync request, which the
+	// writer returns to the pool once done has returned. wait, signal, out
+	// and outErr serve a blocking Append, which returns its request to the
+	// pool itself after it got the result.
+	recycle bool
+	wait    chan struct{}
+	signal  func(AppendResult, error) // finishSync, bound once
+	out     AppendResult
+	outErr  error
+}
+
+// requestPool keeps requests and their buffers between appends: at tens of
+// thousands of appends a second their allocations set the pace of garbage
+// collection, whose pauses show in the latency tail.
+var requestPool = sync.Pool{New: func() any { return new(request) }}
+
+// maxPooledFrames is the largest frames buffer kept in the pool.
+const maxPooledFrames = 64 << 10
+
+func (r *request) finishSync(res AppendResult, err error) {
+	r.out, r.outErr = res, err
+	r.wait <- struct{}{}
+}
+
+// putRequest returns r to the pool. Nothing may use r after.
+func putRequest(r *request) {
+	if cap(r.frames) > maxPooledFrames {
+		r.frames = nil
+	}
+	clear(r.metas) // drop the topic and producer strings
+	*r = request{frames: r.frames[:0], metas: r.metas[:0], wait: r.wait, signal: r.signal}
+	requestPool.Put(r)
+}
+
+// finish completes r: done, then back to the pool if the writer owns it.
+// recycle is read first: once done has returned, a blocking Append may have
+// reused r already.
+func finish(r *request, res AppendResult, err error) {
+	recycle := r.recycle
+	r.done(res, err)
+	if recycle {
+		putRequest(r)
+	}
 }
 
 // recordRef locates one record's frame in request.frames and carries what
@@ -67,9 +111,9 @@ func (q *queue) close() {
 
 // take blocks until requests are queued or the queue is closed. It returns
 // either one control request or a group of appends holding at most
-// maxBytes of frames (at least one append). Once the queue is closed it
-// returns everything left with closed set.
-func (q *queue) take(maxBytes int) (group []*request, closed bool) {
+// maxBytes of frames (at least one append), appended to buf. Once the
+// queue is closed it returns everything left with closed set.
+func (q *queue) take(maxBytes int, buf []*request) (group []*request, closed bool) {
 	for {
 		q.mu.Lock()
 		if q.closed {
@@ -85,7 +129,7 @@ func (q *queue) take(maxBytes int) (group []*request, closed bool) {
 					n++
 				}
 			}
-			group = append([]*request(nil), q.items[:n]...)
+			group = append(buf, q.items[:n]...)
 			clear(q.items[:n])
 			q.items = q.items[n:]
 			q.mu.Unlock()
@@ -123,6 +167,7 @@ type writer struct {
 	topicAdds []topicAdd
 	newTopics map[string]*topicOffsets // topics first seen in the group
 	hwmAdds   []hwmAdd
+	group     []*request   // the group being committed (its slice is reused)
 	chunks    []*tailChunk // for the tail cache
 	retired   []*tailChunk // evicted from the tail cache: buffers to reuse
 	rolled    bool
@@ -151,10 +196,12 @@ type hwmAdd struct {
 func (w *writer) run() {
 	defer close(w.l.writerDone)
 	for {
-		group, closed := w.l.q.take(w.l.opts.MaxGroupBytes)
+		clear(w.group)
+		group, closed := w.l.q.take(w.l.opts.MaxGroupBytes, w.group[:0])
+		w.group = group
 		if closed {
 			for _, r := range group {
-				r.done(AppendResult{}, ErrClosed)
+				finish(r, AppendResult{}, ErrClosed)
 			}
 			return
 		}
@@ -185,7 +232,7 @@ func (w *writer) run() {
 func (w *writer) commit(group []*request) {
 	if w.failed != nil {
 		for _, r := range group {
-			r.done(AppendResult{}, w.failed)
+			finish(r, AppendResult{}, w.failed)
 		}
 		return
 	}
@@ -272,11 +319,11 @@ func (w *writer) commit(group []*request) {
 		st.appends.Add(1)
 		if r.err != nil {
 			st.failures.Add(1)
-			r.done(AppendResult{}, r.err)
+			finish(r, AppendResult{}, r.err)
 		} else {
 			st.appended.Add(uint64(r.res.Appended))
 			st.duplicates.Add(uint64(r.res.Duplicates))
-			r.done(r.res, nil)
+			finish(r, r.res, nil)
 		}
 	}
 }
@@ -465,9 +512,9 @@ func (w *writer) fail(group []*request, err error) {
 		w.l.stats.appends.Add(1)
 		w.l.stats.failures.Add(1)
 		if r.err != nil {
-			r.done(AppendResult{}, r.err)
+			finish(r, AppendResult{}, r.err)
 		} else {
-			r.done(AppendResult{}, w.failed)
+			finish(r, AppendResult{}, w.failed)
 		}
 	}
 }
