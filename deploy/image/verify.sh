@@ -27,7 +27,10 @@
 #
 # Environment: IMAGE (default dist/image/tributary-gateway-arm64.img), CLOUD
 # (default dist/bin/tributary-cloud-linux-<host arch>), DEB (the edge .deb the
-# image was built with; default: newest arm64 one in dist/deb), KEEP_WORK=1.
+# image was built with; default: newest ARCH one in dist/deb), ARCH (the
+# image's Debian architecture, default arm64; another one skips the Raspberry
+# Pi firmware checks and runs natively or through its binfmt handler),
+# KEEP_WORK=1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$PWD
@@ -38,11 +41,13 @@ pass() { passes=$((passes + 1)); printf 'verify: PASS %s\n' "$*"; }
 fail() { printf 'verify: FAIL %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "run as root (loop mounts, chroot)"
-IMAGE=${IMAGE:-dist/image/tributary-gateway-arm64.img}
+ARCH=${ARCH:-arm64}
+IMAGE=${IMAGE:-dist/image/tributary-gateway-$ARCH.img}
 arch=$(uname -m)
 case "$arch" in x86_64) arch=amd64 ;; aarch64) arch=arm64 ;; esac
 CLOUD=${CLOUD:-dist/bin/tributary-cloud-linux-$arch}
-DEB=${DEB:-$(ls -t dist/deb/tributary-edge_*_arm64.deb 2>/dev/null | head -1 || true)}
+DEB=${DEB:-$(ls -t dist/deb/tributary-edge_*_"$ARCH".deb 2>/dev/null | head -1 || true)}
+case "$ARCH" in arm64) machine=aarch64 ;; amd64) machine=x86_64 ;; armhf) machine=armv7l ;; *) machine=$ARCH ;; esac
 [ -f "$IMAGE" ] || fail "no image $IMAGE (run deploy/image/build.sh)"
 [ -x "$CLOUD" ] || fail "no cloud binary $CLOUD (run deploy/release.sh)"
 [ -n "$DEB" ] && [ -f "$DEB" ] || fail "no tributary-edge arm64 .deb in dist/deb"
@@ -58,9 +63,11 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
-[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
-grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || fail "qemu-aarch64 binfmt handler not enabled"
+if [ "$ARCH" = arm64 ] && [ "$arch" != arm64 ]; then
+	[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
+	grep -q '^enabled' /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null || fail "qemu-aarch64 binfmt handler not enabled"
+fi
 
 WORK=$(mktemp -d /var/tmp/tributary-verify.XXXXXX)
 root=$WORK/root
@@ -101,20 +108,24 @@ part_field() { sfdisk -d "$WORK/gw.img" | awk -v n="$1" -v f="$2" '$1 ~ n"$" { f
 boot_start=$(part_field 1 start) boot_size=$(part_field 1 size)
 root_start=$(part_field 2 start) root_size=$(part_field 2 size)
 [ -n "$boot_start" ] && [ -n "$root_start" ] || fail "image has no two partitions: $(sfdisk -d "$WORK/gw.img")"
-[ "$(sfdisk --part-type "$WORK/gw.img" 1)" = c ] && [ "$(sfdisk --part-type "$WORK/gw.img" 2)" = 83 ] ||
-	fail "partition types $(sfdisk --part-type "$WORK/gw.img" 1)/$(sfdisk --part-type "$WORK/gw.img" 2), want c (FAT32 LBA) and 83 (Linux)"
+type1=$(sfdisk --part-type "$WORK/gw.img" 1 | tr -d ' ') type2=$(sfdisk --part-type "$WORK/gw.img" 2 | tr -d ' ')
+[ "$type1" = c ] && [ "$type2" = 83 ] || fail "partition types $type1/$type2, want c (FAT32 LBA) and 83 (Linux)"
 pass "partition table: FAT32 boot at sector $boot_start ($((boot_size / 2048)) MiB), Linux root at sector $root_start ($((root_size / 2048)) MiB)"
 boot_at=$WORK/gw.img@@$((boot_start * 512))
 export MTOOLS_SKIP_CHECK=1
 label=$(mlabel -s -i "$boot_at" ::)
 grep -q 'TRIBBOOT' <<<"$label" || fail "boot partition label: $label, want TRIBBOOT"
-for f in config.txt cmdline.txt; do
-	mtype -i "$boot_at" "::/$f" >/dev/null 2>&1 || fail "boot partition has no $f (raspi-firmware)"
-done
-listing=$(mdir -b -i "$boot_at" ::/)
-grep -Eq 'vmlinuz-|kernel8\.img' <<<"$listing" || fail "boot partition has no kernel: $listing"
-grep -q 'root=LABEL=TRIBROOT' <(mtype -i "$boot_at" ::/cmdline.txt) || fail "cmdline.txt does not boot LABEL=TRIBROOT: $(mtype -i "$boot_at" ::/cmdline.txt)"
-pass "boot partition: TRIBBOOT with firmware config, kernel, cmdline root=LABEL=TRIBROOT"
+if [ "$ARCH" = arm64 ]; then
+	for f in config.txt cmdline.txt; do
+		mtype -i "$boot_at" "::/$f" >/dev/null 2>&1 || fail "boot partition has no $f (raspi-firmware)"
+	done
+	listing=$(mdir -b -i "$boot_at" ::/)
+	grep -Eq 'vmlinuz-|kernel8\.img' <<<"$listing" || fail "boot partition has no kernel: $listing"
+	grep -q 'root=LABEL=TRIBROOT' <(mtype -i "$boot_at" ::/cmdline.txt) || fail "cmdline.txt does not boot LABEL=TRIBROOT: $(mtype -i "$boot_at" ::/cmdline.txt)"
+	pass "boot partition: TRIBBOOT with firmware config, kernel, cmdline root=LABEL=TRIBROOT"
+else
+	say "SKIPPED: Raspberry Pi firmware checks ($ARCH image)"
+fi
 
 # --- 2. a cloud on the host, and a provisioning bundle --------------------------
 cloud_data=$WORK/cloud
@@ -150,16 +161,24 @@ pass "bundle for gw-verify minted by tributary-cloud gateway add and copied to t
 
 mkdir -p "$root"
 mount -o loop,offset=$((root_start * 512)),sizelimit=$((root_size * 512)) "$WORK/gw.img" "$root"
-mount -o loop,offset=$((boot_start * 512)),sizelimit=$((boot_size * 512)),umask=0077 -t vfat "$WORK/gw.img" "$root/boot/firmware"
+boot_mounted=1
+if ! mount -o loop,offset=$((boot_start * 512)),sizelimit=$((boot_size * 512)),umask=0077 -t vfat "$WORK/gw.img" "$root/boot/firmware" 2>/dev/null; then
+	# This kernel has no vfat (some sandboxes): give the chroot a copy of the
+	# boot partition's files instead, read with mtools.
+	boot_mounted=
+	say "no vfat in this kernel: /boot/firmware in the chroot is a copy of the boot partition's files (mtools)"
+	mcopy -s -p -n -i "$boot_at" ::/tributary "$root/boot/firmware/"
+	chmod -R go-rwx "$root/boot/firmware"
+fi
 mount -t proc proc "$root/proc"
 mount -t sysfs sysfs "$root/sys"
 mount --rbind /dev "$root/dev" && mount --make-rslave "$root/dev"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 DEBIAN_FRONTEND=noninteractive "$@"; }
-[ "$(in_root uname -m)" = aarch64 ] || fail "the chroot does not run arm64 programs"
+[ "$(in_root uname -m)" = "$machine" ] || fail "the chroot does not run $ARCH programs"
 grep -q '^LABEL=TRIBBOOT[[:space:]]*/boot/firmware[[:space:]]*vfat' "$root/etc/fstab" || fail "fstab does not mount TRIBBOOT at /boot/firmware"
 [ -L "$root/etc/systemd/system/multi-user.target.wants/tributary-edge.service" ] || fail "tributary-edge.service is not enabled in the image"
 installed=$(in_root dpkg-query -W -f '${Version}' tributary-edge)
-pass "root file system: arm64 Debian, tributary-edge $installed installed and enabled; $(in_root tributary-edge -version) under qemu-aarch64"
+pass "root file system: $ARCH Debian, tributary-edge $installed installed and enabled; $(in_root tributary-edge -version)$([ "$ARCH" = "$arch" ] || echo " under qemu")"
 
 # --- 3. the service, as systemd runs it ---------------------------------------------
 unit=$root/lib/systemd/system/tributary-edge.service
@@ -177,11 +196,19 @@ read -r -a pre_argv <<<"${pre#+}"
 in_root "${pre_argv[@]}" 2>"$WORK/provision.log" || fail "provisioning failed: $(cat "$WORK/provision.log")"
 addr=$(sed -n 's/^  address: "\(.*\)".*/\1/p' "$root/etc/tributary/edge.yaml")
 [ "$addr" = "$sync_addr" ] || fail "edge.yaml cloud.address is \"$addr\", want $sync_addr"
-[ "$(stat -c '%a %U:%G' "$root/etc/tributary/gateway.key")" = "640 root:tributary" ] ||
-	fail "gateway.key is $(stat -c '%a %U:%G' "$root/etc/tributary/gateway.key"), want 640 root:tributary"
+# Owners by number: the host's names for the image's ids may differ.
+image_gid=$(awk -F: '$1 == "tributary" { print $3 }' "$root/etc/group")
+[ -n "$image_gid" ] || fail "no group tributary in the image"
+key_owner() { stat -c '%a %u:%g' "$root/etc/tributary/gateway.key"; }
+[ "$(key_owner)" = "640 0:$image_gid" ] || fail "gateway.key is $(key_owner), want 640 0:$image_gid (root:tributary)"
 cmp -s "$bundle/gateway.crt" "$root/etc/tributary/gateway.crt" || fail "gateway.crt differs from the bundle's"
 [ ! -e "$root/boot/firmware/tributary/gateway.key" ] && [ -e "$root/boot/firmware/tributary/APPLIED.txt" ] ||
 	fail "the bundle's key is still on the boot partition, or no APPLIED.txt"
+if [ -n "$boot_mounted" ]; then
+	umount "$root/boot/firmware"
+	listing=$(mdir -b -i "$boot_at" ::/tributary)
+	! grep -q 'gateway.key' <<<"$listing" && grep -q 'APPLIED.txt' <<<"$listing" || fail "the FAT partition still holds the key: $listing"
+fi
 pass "ExecStartPre ($met held): bundle installed in /etc/tributary (key 640 root:tributary), cloud.address $addr, key removed from the boot partition"
 
 uid=$(awk -F: -v u="$user" '$1 == u { print $3 ":" $4 }' "$root/etc/passwd")
@@ -240,7 +267,7 @@ rm -f "$root/tmp/upgrade.deb"
 [ "$(in_root dpkg-query -W -f '${Version}' tributary-edge)" = "$new_version" ] || fail "version after upgrade is not $new_version"
 [ "$(sha256sum <"$root/etc/tributary/edge.yaml")" = "$before" ] || fail "the upgrade changed the provisioned edge.yaml"
 grep -q 'A changed default' "$root/etc/tributary/edge.yaml.dpkg-dist" || fail "no edge.yaml.dpkg-dist with the new default"
-[ "$(stat -c '%a %U:%G' "$root/etc/tributary/gateway.key")" = "640 root:tributary" ] || fail "the upgrade changed gateway.key's mode"
+[ "$(key_owner)" = "640 0:$image_gid" ] || fail "the upgrade changed gateway.key's mode or owner: $(key_owner)"
 pass "upgrade $old_version → $new_version: provisioned edge.yaml kept (new default in edge.yaml.dpkg-dist), key kept"
 
 start_cloud "$sync_addr"
