@@ -43,7 +43,8 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 	dur := fs.Duration("duration", 10*time.Second, "how long each phase appends")
 	devices := fs.Int("devices", 1000, "distinct subjects (devices); order is checked per subject")
 	backlog := fs.Int("backlog", 4096, "the appender keeps at most this many events appended but not delivered (so the rate is what the sink keeps up with)")
-	cpuProfile := fs.String("cpuprofile", "", "write CPU profiles of the two phases to this `file` name with -ordered and -fanout before its extension")
+	fixedRate := fs.Float64("fixed-rate", 2000, "events/s appended in the fixed-rate phase, which measures latency without a backlog (ordered, binary mode); 0 skips it")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each phase to this `file` name with the phase (-ordered, -ordered-batch, -fanout, -fanout-batch, -ordered-fixed-rate) before its extension")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-push-")
 		if err != nil {
@@ -53,28 +54,45 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 		res := map[string]any{"loadavg_before": loadAverage()}
 		// The sink alone, driven by a plain HTTP client: the ceiling the
 		// delivery phases cannot pass on this machine.
-		alone, err := runSinkAlone(ctx, 3*time.Second, *devices)
-		if err != nil {
-			return nil, fmt.Errorf("sink alone: %w", err)
+		for _, batch := range []bool{false, true} {
+			alone, err := runSinkAlone(ctx, 3*time.Second, *devices, batch)
+			if err != nil {
+				return nil, fmt.Errorf("sink alone: %w", err)
+			}
+			mode, key := "binary mode", "sink_alone"
+			if batch {
+				mode, key = fmt.Sprintf("batches of %d", dispatch.DefaultBatchSize), "sink_alone_batch"
+			}
+			fmt.Fprintf(progress, "push: sink alone (16 keep-alive connections, %s): %.0f events/s, %.1f µs CPU per event (client and sink)\n", mode, alone.rate, alone.cpuPerEvent)
+			res[key+"_events_per_s"] = roundTo(alone.rate, 0)
+			res[key+"_cpu_us_per_event"] = roundTo(alone.cpuPerEvent, 1)
 		}
-		fmt.Fprintf(progress, "push: sink alone (16 keep-alive connections, binary mode): %.0f events/s, %.1f µs CPU per event (client and sink)\n", alone.rate, alone.cpuPerEvent)
-		res["sink_alone_events_per_s"] = roundTo(alone.rate, 0)
-		res["sink_alone_cpu_us_per_event"] = roundTo(alone.cpuPerEvent, 1)
 		var lost, ooo, dups int
 		// Binary mode is the HTTP binding's default (one event per
 		// request): the headline figures. Batch mode is the opt-in
 		// (application/cloudevents-batch+json, up to 100 events a request).
-		for _, ph := range []struct {
+		phases := []struct {
 			name, mode string
 			subs       int
 			suffix     string
+			rate       float64
 		}{
-			{"ordered", "", 1, ""},
-			{"ordered-batch", dispatch.ModeBatch, 1, "_batch"},
-			{"fanout", "", 100, ""},
-			{"fanout-batch", dispatch.ModeBatch, 100, "_batch"},
-		} {
-			r, err := runPush(ctx, progress, filepath.Join(dir, ph.name), *dur, *devices, *backlog, ph.subs, ph.mode, profileName(*cpuProfile, ph.name))
+			{"ordered", "", 1, "", 0},
+			{"ordered-batch", dispatch.ModeBatch, 1, "_batch", 0},
+			{"fanout", "", 100, "", 0},
+			{"fanout-batch", dispatch.ModeBatch, 100, "_batch", 0},
+		}
+		if *fixedRate > 0 {
+			phases = append(phases, struct {
+				name, mode string
+				subs       int
+				suffix     string
+				rate       float64
+			}{"ordered-fixed-rate", "", 1, "_fixed_rate", *fixedRate})
+			res["fixed_rate"] = *fixedRate
+		}
+		for _, ph := range phases {
+			r, err := runPush(ctx, progress, filepath.Join(dir, ph.name), *dur, *devices, *backlog, ph.rate, ph.subs, ph.mode, profileName(*cpuProfile, ph.name))
 			if err != nil {
 				return nil, fmt.Errorf("%s: %w", ph.name, err)
 			}
@@ -172,7 +190,10 @@ func profileName(name, phase string) string {
 	return strings.TrimSuffix(name, ext) + "-" + phase + ext
 }
 
-func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Duration, devices, backlog, subs int, mode, profile string) (pushResult, error) {
+// runPush runs one phase. With rate > 0 the appender appends that many
+// events per second; otherwise as fast as delivery keeps up, with at most
+// backlog deliveries outstanding.
+func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Duration, devices, backlog int, rate float64, subs int, mode, profile string) (pushResult, error) {
 	if profile != "" {
 		f, err := os.Create(profile)
 		if err != nil {
@@ -269,12 +290,18 @@ func runPush(ctx context.Context, progress io.Writer, dir string, dur time.Durat
 		if ctx.Err() != nil {
 			return pushResult{}, ctx.Err()
 		}
-		if expected-ps.delivered.Load() > int64(backlog) {
+		per := 64
+		if rate > 0 {
+			per = 16
+			if wait := time.Until(start.Add(time.Duration(float64(appended) / rate * float64(time.Second)))); wait > 0 {
+				time.Sleep(wait) // the fixed rate
+			}
+		} else if expected-ps.delivered.Load() > int64(backlog) {
 			time.Sleep(200 * time.Microsecond) // pacing the producer to the sink
 			continue
 		}
-		batch := make([]commitlog.Record, 0, 64)
-		for range 64 {
+		batch := make([]commitlog.Record, 0, per)
+		for range per {
 			dev := appended % devices
 			counters[dev]++
 			typ := "io.bench.even"
@@ -354,7 +381,7 @@ type sinkAloneResult struct{ rate, cpuPerEvent float64 }
 
 // runSinkAlone drives a pushSink with 16 keep-alive connections posting
 // binary-mode events (what the dispatcher sends by default) for dur.
-func runSinkAlone(ctx context.Context, dur time.Duration, devices int) (sinkAloneResult, error) {
+func runSinkAlone(ctx context.Context, dur time.Duration, devices int, batch bool) (sinkAloneResult, error) {
 	ps := &pushSink{seen: map[string]map[string]bool{}, last: map[string]map[string]uint64{}}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -378,16 +405,34 @@ func runSinkAlone(ctx context.Context, dur time.Duration, devices int) (sinkAlon
 		go func() {
 			defer wg.Done()
 			for i := 0; runCtx.Err() == nil; i++ {
-				req, _ := http.NewRequestWithContext(runCtx, http.MethodPost, url, bytes.NewReader(body))
-				dev := (w + 16*i) % devices
-				req.Header.Set("Content-Type", "application/json")
-				req.Header.Set("ce-specversion", "1.0")
-				req.Header.Set("ce-id", fmt.Sprintf("a-%d-%d", w, i))
-				req.Header.Set("ce-source", "/bench")
-				req.Header.Set("ce-type", "io.bench.even")
-				req.Header.Set("ce-subject", fmt.Sprintf("devices/%d", dev))
-				req.Header.Set("ce-time", time.Now().UTC().Format(time.RFC3339Nano))
-				req.Header.Set("ce-n", strconv.Itoa(i))
+				var req *http.Request
+				if batch {
+					// A batch of structured events, as the dispatcher sends
+					// them in batch mode.
+					var b bytes.Buffer
+					b.WriteByte('[')
+					for j := range dispatch.DefaultBatchSize {
+						if j > 0 {
+							b.WriteByte(',')
+						}
+						fmt.Fprintf(&b, `{"specversion":"1.0","id":"a-%d-%d-%d","source":"/bench","type":"io.bench.even","subject":"devices/%d","time":%q,"n":"%d","datacontenttype":"application/json","data":%s}`,
+							w, i, j, (w+16*j)%devices, time.Now().UTC().Format(time.RFC3339Nano), i, body)
+					}
+					b.WriteByte(']')
+					req, _ = http.NewRequestWithContext(runCtx, http.MethodPost, url, &b)
+					req.Header.Set("Content-Type", event.ApplicationCloudEventsBatchJSON)
+				} else {
+					req, _ = http.NewRequestWithContext(runCtx, http.MethodPost, url, bytes.NewReader(body))
+					dev := (w + 16*i) % devices
+					req.Header.Set("Content-Type", "application/json")
+					req.Header.Set("ce-specversion", "1.0")
+					req.Header.Set("ce-id", fmt.Sprintf("a-%d-%d", w, i))
+					req.Header.Set("ce-source", "/bench")
+					req.Header.Set("ce-type", "io.bench.even")
+					req.Header.Set("ce-subject", fmt.Sprintf("devices/%d", dev))
+					req.Header.Set("ce-time", time.Now().UTC().Format(time.RFC3339Nano))
+					req.Header.Set("ce-n", strconv.Itoa(i))
+				}
 				resp, err := client.Do(req)
 				if err != nil {
 					if runCtx.Err() == nil {
