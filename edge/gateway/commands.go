@@ -323,6 +323,23 @@ type reply struct {
 	Payload json.RawMessage `json:"payload"`
 }
 
+// parseReply reads a device's reply (untrusted bytes): its status and its
+// payload (a JSON value, or nil), or status 502 and a reason when it is not
+// {"status": 100..599, "payload": <any JSON>}.
+func parseReply(payload []byte) (status int32, body []byte, reason string) {
+	var r reply
+	switch err := json.Unmarshal(payload, &r); {
+	case err != nil:
+		return 502, nil, "malformed reply from the device: " + err.Error()
+	case r.Status == nil || *r.Status < 100 || *r.Status > 599:
+		return 502, nil, `reply from the device without a "status" between 100 and 599`
+	}
+	if len(r.Payload) == 0 || string(r.Payload) == "null" {
+		return int32(*r.Status), nil, ""
+	}
+	return int32(*r.Status), []byte(r.Payload), ""
+}
+
 // Replied implements broker.CommandObserver. A reply that is not the
 // contract's JSON still finishes the command: status 502 and a reason.
 func (s *commandStore) Replied(device, id string, payload []byte) bool {
@@ -332,15 +349,7 @@ func (s *commandStore) Replied(device, id string, payload []byte) bool {
 		s.mu.Unlock()
 		return false
 	}
-	var r reply
-	switch err := json.Unmarshal(payload, &r); {
-	case err != nil:
-		c.status, c.reason = 502, "malformed reply from the device: "+err.Error()
-	case r.Status == nil || *r.Status < 100 || *r.Status > 599:
-		c.status, c.reason = 502, `reply from the device without a "status" between 100 and 599`
-	default:
-		c.status, c.reply = int32(*r.Status), []byte(r.Payload)
-	}
+	c.status, c.reply, c.reason = parseReply(payload)
 	c.state = syncv1.CommandState_COMMAND_STATE_REPLIED
 	s.replied.Add(1)
 	s.change(c, false)
