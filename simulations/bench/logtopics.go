@@ -32,6 +32,7 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	topicList := fs.String("topics", "1,100,1000,10000", "topic counts to measure (comma separated); the ratios need 1 and 10000")
 	sizeList := fs.String("sizes", "200,2048", "record sizes in bytes to measure (comma separated)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each measurement to this file name with -TOPICS-SIZE before its extension")
+	rounds := fs.Int("rounds", 1, "rounds; each measures every topic count and size once, interleaved, and the figures are medians (the machine is shared: rounds spread its noise over every topic count)")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-logtopics-")
 		if err != nil {
@@ -39,7 +40,10 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 		}
 		defer os.RemoveAll(dir)
 		res := map[string]any{"loadavg_before": loadAverage(), "writers": *writers, "batch": *batch, "fsync": true, "consumer": *consumer}
-		rates := map[string]float64{}
+		if *rounds < 1 {
+			return nil, fmt.Errorf("-rounds %d: want at least 1", *rounds)
+		}
+		runs := map[string][]float64{} // key -> one figure per round
 		topicCounts, err := parseInts(*topicList)
 		if err != nil {
 			return nil, fmt.Errorf("-topics: %w", err)
@@ -48,29 +52,56 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 		if err != nil {
 			return nil, fmt.Errorf("-sizes: %w", err)
 		}
-		for _, size := range sizes {
-			for _, topics := range topicCounts {
-				stopProfile, err := laProfile(*cpuProfile, fmt.Sprintf("-%d-%d", topics, size))
-				if err != nil {
-					return nil, err
+		for rd := range *rounds {
+			for _, size := range sizes {
+				for _, topics := range topicCounts {
+					stopProfile, err := laProfile(*cpuProfile, fmt.Sprintf("-%d-%d", topics, size))
+					if err != nil {
+						return nil, err
+					}
+					cpu0 := processCPU()
+					r, read, err := runLogTopics(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d-%d", size, topics, rd)), *dur, topics, size, *writers, *batch, *consumer)
+					cpu := processCPU() - cpu0
+					stopProfile()
+					if err != nil {
+						return nil, err
+					}
+					// CPU of the whole process (appenders, writer, consumer)
+					// per record appended: unlike the rate, it does not
+					// depend on the share of the machine the run got.
+					cpuPer := cpu.Seconds() * 1e6 / (r * dur.Seconds())
+					suffix := fmt.Sprintf("_%d_topics_%db", topics, size)
+					runs["msgs_per_s"+suffix] = append(runs["msgs_per_s"+suffix], r)
+					runs["consumer_per_s"+suffix] = append(runs["consumer_per_s"+suffix], read)
+					runs["cpu_us_per_append"+suffix] = append(runs["cpu_us_per_append"+suffix], cpuPer)
+					fmt.Fprintf(progress, "log-topics: round %d: %5d topics, %4d B: %8.0f appends/s, consumer %8.0f records/s, %.2f µs CPU per append (load %.2f)\n", rd+1, topics, size, r, read, cpuPer, loadAverage())
 				}
-				r, read, err := runLogTopics(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d", size, topics)), *dur, topics, size, *writers, *batch, *consumer)
-				stopProfile()
-				if err != nil {
-					return nil, err
-				}
-				key := fmt.Sprintf("msgs_per_s_%d_topics_%db", topics, size)
-				rates[key] = r
-				res[key] = round(r)
-				res[fmt.Sprintf("consumer_per_s_%d_topics_%db", topics, size)] = round(read)
-				fmt.Fprintf(progress, "log-topics: %5d topics, %4d B: %8.0f appends/s, consumer %8.0f records/s\n", topics, size, r, read)
 			}
 		}
+		rates := map[string]float64{}
+		for key, v := range runs {
+			rates[key] = median(v)
+			places := 0
+			if strings.HasPrefix(key, "cpu_") {
+				places = 2
+			}
+			res[key] = roundTo(rates[key], places)
+			if *rounds > 1 {
+				res[key+"_runs"] = laRound(v, places)
+			}
+		}
+		res["rounds"] = *rounds
 		if one, ok := rates["msgs_per_s_1_topics_200b"]; ok && rates["msgs_per_s_10000_topics_200b"] > 0 {
 			res["ratio_10000_vs_1"] = round2(rates["msgs_per_s_10000_topics_200b"] / one)
 		}
 		if one, ok := rates["msgs_per_s_1_topics_2048b"]; ok && rates["msgs_per_s_10000_topics_2048b"] > 0 {
 			res["ratio_10000_vs_1_2kb"] = round2(rates["msgs_per_s_10000_topics_2048b"] / one)
+		}
+		// CPU per append at 10,000 topics over 1: the per-topic cost of the
+		// log, whatever share of the machine each run got (the consumer's
+		// CPU included when it runs).
+		if one := rates["cpu_us_per_append_1_topics_200b"]; one > 0 && rates["cpu_us_per_append_10000_topics_200b"] > 0 {
+			res["cpu_ratio_10000_vs_1"] = round2(rates["cpu_us_per_append_10000_topics_200b"] / one)
 		}
 		res["loadavg_after"] = loadAverage()
 		return res, nil
