@@ -64,8 +64,8 @@ func recordPayloads(ob *fakeOutbox) map[string]bool {
 }
 
 // TestPublishRateMQTT5: with the clock stopped, an MQTT 5 client that has
-// used its burst gets PUBACK 0x96 for further QoS 1 publishes, its QoS 0
-// publishes are dropped, and none of them is stored; another client is not
+// used its burst gets PUBACK 0x96 for further QoS 1 publishes and PUBREC
+// 0x96 for QoS 2, its QoS 0 publishes are dropped, and none of them is stored; another client is not
 // affected; once the clock moves the client is served again.
 func TestPublishRateMQTT5(t *testing.T) {
 	for _, mode := range ackModes {
@@ -107,6 +107,10 @@ func TestPublishRateMQTT5(t *testing.T) {
 			if pk := fast.mustRead(packets.Puback); pk.PacketID != 6 || pk.ReasonCode != 0x96 {
 				t.Fatalf("second publish after a second: PUBACK %d reason %#x", pk.PacketID, pk.ReasonCode)
 			}
+			fast.publish(7, 2, "sensors/fast", []byte("fast-qos2"), packets.Properties{})
+			if pk := fast.mustRead(packets.Pubrec); pk.PacketID != 7 || pk.ReasonCode != 0x96 {
+				t.Fatalf("QoS 2 over the rate: PUBREC %d reason %#x", pk.PacketID, pk.ReasonCode)
+			}
 
 			ob.waitFor(t, "five commits", func(o *fakeOutbox) bool { return len(o.committed) == 5 })
 			got := recordPayloads(ob)
@@ -119,8 +123,8 @@ func TestPublishRateMQTT5(t *testing.T) {
 				t.Errorf("stored %v, want exactly five messages", got)
 			}
 			st := b.Stats()
-			if st.RateLimited != 4 || st.Throttled != 0 || st.Rejected != 4 {
-				t.Errorf("stats: rate limited %d, throttled %d, rejected %d; want 4, 0, 4", st.RateLimited, st.Throttled, st.Rejected)
+			if st.RateLimited != 5 || st.Throttled != 0 || st.Rejected != 5 {
+				t.Errorf("stats: rate limited %d, throttled %d, rejected %d; want 5, 0, 5", st.RateLimited, st.Throttled, st.Rejected)
 			}
 		})
 	}
