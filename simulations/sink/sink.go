@@ -1,12 +1,15 @@
 // Package sink is a CloudEvents HTTP receiver for simulations, benchmarks and
 // tests: a real HTTP server on loopback that parses every request with sdk-go
-// (binary and structured mode), answers 200 and hands each event to a
-// callback. It can be told to fail, to check retry behaviour.
+// (binary and structured mode, and batches: application/cloudevents-batch+json,
+// what a subscription in batch mode sends), answers 200 and hands each event
+// to a callback. It can be told to fail, to check retry behaviour.
 package sink
 
 import (
 	"context"
 	"errors"
+	"fmt"
+	"mime"
 	"net"
 	"net/http"
 	"sync"
@@ -65,8 +68,9 @@ func (s *Sink) URL() string { return "http://" + s.ln.Addr().String() + "/" }
 // FailWith makes every following request answer status (0 = accept again).
 func (s *Sink) FailWith(status int) { s.status.Store(int32(status)) }
 
-// Received counts accepted events; Rejected counts requests that were not a
-// valid CloudEvent or were refused by FailWith.
+// Received counts accepted events (each event of a batch); Rejected counts
+// requests that were not a valid CloudEvent or batch or were refused by
+// FailWith.
 func (s *Sink) Received() int64 { return s.received.Load() }
 func (s *Sink) Rejected() int64 { return s.rejected.Load() }
 
@@ -82,20 +86,43 @@ func (s *Sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "sink told to fail", int(st))
 		return
 	}
-	ev, err := cehttp.NewEventFromHTTPRequest(r)
-	if err != nil {
-		s.rejected.Add(1)
-		http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
-		return
+	var evs []*event.Event
+	if mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); mt == event.ApplicationCloudEventsBatchJSON {
+		batch, err := cehttp.NewEventsFromHTTPRequest(r)
+		if err == nil && len(batch) == 0 {
+			err = errors.New("empty batch")
+		}
+		if err != nil {
+			s.rejected.Add(1)
+			http.Error(w, "not a CloudEvents batch: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		for i := range batch {
+			evs = append(evs, &batch[i])
+		}
+	} else {
+		ev, err := cehttp.NewEventFromHTTPRequest(r)
+		if err != nil {
+			s.rejected.Add(1)
+			http.Error(w, "not a CloudEvent: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		evs = append(evs, ev)
 	}
-	if err := ev.Validate(); err != nil {
-		s.rejected.Add(1)
-		http.Error(w, "invalid CloudEvent: "+err.Error(), http.StatusBadRequest)
-		return
+	// A batch is taken whole or refused whole.
+	for i, ev := range evs {
+		if err := ev.Validate(); err != nil {
+			s.rejected.Add(1)
+			http.Error(w, fmt.Sprintf("invalid CloudEvent (%d in the request): %v", i, err), http.StatusBadRequest)
+			return
+		}
 	}
-	s.received.Add(1)
+	s.received.Add(int64(len(evs)))
 	if s.handle != nil {
-		s.handle(ev, s.now())
+		now := s.now()
+		for _, ev := range evs {
+			s.handle(ev, now)
+		}
 	}
 	w.WriteHeader(http.StatusOK)
 }
