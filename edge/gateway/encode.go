@@ -139,15 +139,10 @@ var _ link.EncodedSource = (*source)(nil)
 // ReadEncoded implements link.EncodedSource: lane < 0 reads every lane.
 // The encodings of one call share one buffer.
 func (s *source) ReadEncoded(lane int, after uint64, maxRecords, maxBytes int) ([]wire.EncodedRecord, error) {
-	var recs []outbox.Record
-	var err error
-	if lane < 0 {
-		recs, err = s.ob.Read(after, maxRecords, maxBytes)
-	} else if lane < outbox.MaxLanes {
-		recs, err = s.ob.ReadLane(uint8(lane), after, maxRecords, maxBytes)
-	} else {
+	if lane >= outbox.MaxLanes {
 		return nil, laneError(uint32(lane))
 	}
+	recs, err := s.ob.ReadSync(lane, after, maxRecords, maxBytes)
 	if err != nil {
 		return nil, err
 	}

@@ -345,3 +345,104 @@ func (o *Outbox) deleteLane(lane uint8, lo, hi uint64) (end uint64, gone []class
 	}
 	return end, gone, first, nil
 }
+
+// syncColumns are the columns ReadSync reads: what the sync link's records
+// hold of a message. Every column read costs modernc's SQLite a column
+// type, a value and a mutex round trip per row, a good part of a drain's
+// read time, so the columns a CloudEvent does not carry (username, QoS,
+// retain, user properties) are not read.
+const syncColumns = `seq, client_id, topic, payload, content_type, event_type, priority, received`
+
+// ReadSync is Read (lane < 0) or ReadLane(lane) for the sync link: the
+// records hold Seq, Lane (when lane >= 0), ClientID, Topic, Payload,
+// ContentType, EventType, Priority and Received; Username, QoS, Retain and
+// UserProperties are left zero. maxBytes counts the payload and the strings
+// read.
+func (o *Outbox) ReadSync(lane int, after uint64, maxRecords, maxBytes int) ([]Record, error) {
+	select {
+	case <-o.closing:
+		return nil, ErrClosed
+	default:
+	}
+	if lane >= MaxLanes {
+		return []Record{}, nil
+	}
+	if maxRecords <= 0 {
+		maxRecords = DefaultReadRecords
+	}
+	a := int64(min(after, 1<<63-1))
+	stmt, args := o.readSyncStmt, []any{a, maxRecords}
+	if lane >= 0 {
+		o.mu.Lock()
+		last := o.laneLast[lane]
+		o.mu.Unlock()
+		if last <= after {
+			return []Record{}, nil
+		}
+		stmt, args = o.readSyncLaneStmt, []any{int64(lane), a, maxRecords}
+		if !o.laneIndex {
+			args[0], args[1] = a, int64(lane)
+		}
+	}
+	rows, err := stmt.QueryContext(context.Background(), args...)
+	if err != nil {
+		return nil, o.readErr(after, err)
+	}
+	defer rows.Close()
+	var (
+		out   []Record
+		total int
+		ints  [3]any // seq, priority, received
+	)
+	for rows.Next() {
+		var r Record
+		m := &r.Message
+		if err := rows.Scan(&ints[0], &m.ClientID, &m.Topic, &m.Payload, &m.ContentType, &m.EventType, &ints[1], &ints[2]); err != nil {
+			return nil, fmt.Errorf("outbox: read after %d: %w", after, err)
+		}
+		seq, ok0 := ints[0].(int64)
+		pri, ok1 := ints[1].(int64)
+		received, ok2 := ints[2].(int64)
+		if !ok0 || !ok1 || !ok2 || seq <= 0 || pri < 0 || pri > 255 {
+			return nil, fmt.Errorf("%w: after seq %d: seq %v, priority %v, received %T", ErrCorrupt, after, ints[0], ints[1], ints[2])
+		}
+		r.Seq = uint64(seq)
+		if lane >= 0 {
+			r.Lane = uint8(lane)
+		}
+		m.Priority = uint8(pri)
+		m.Received = fromUnixNano(received)
+		size := messageSize(m)
+		if maxBytes > 0 && len(out) > 0 && total+size > maxBytes {
+			break
+		}
+		total += size
+		if out == nil {
+			out = make([]Record, 0, min(maxRecords, DefaultReadRecords))
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, o.readErr(after, err)
+	}
+	if out == nil {
+		out = []Record{}
+	}
+	return out, nil
+}
+
+// prepareSync prepares ReadSync's statements on the readers' pool.
+func (o *Outbox) prepareSync(ctx context.Context) error {
+	var err error
+	if o.readSyncStmt, err = o.rdb.PrepareContext(ctx, `SELECT `+syncColumns+` FROM records WHERE seq > ? ORDER BY seq LIMIT ?`); err != nil {
+		return fmt.Errorf("outbox: prepare sync read: %w", err)
+	}
+	q := `SELECT ` + syncColumns + ` FROM records WHERE seq > ? AND lane = ? ORDER BY seq LIMIT ?`
+	if o.laneIndex {
+		q = `SELECT ` + syncColumns + ` FROM records INDEXED BY records_lane WHERE lane = ? AND seq > ? ORDER BY seq LIMIT ?`
+	}
+	if o.readSyncLaneStmt, err = o.rdb.PrepareContext(ctx, q); err != nil {
+		return fmt.Errorf("outbox: prepare sync lane read: %w", err)
+	}
+	return nil
+}

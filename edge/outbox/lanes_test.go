@@ -300,3 +300,51 @@ func TestMigrateV1(t *testing.T) {
 const insertV1SQL = `INSERT INTO records (client_id, username, topic, payload, qos,
 	retain, content_type, event_type, priority, received, user_properties)
 	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+
+// TestReadSync: ReadSync returns Read's and ReadLane's records, with the
+// columns the sync link does not send left zero, and the same limits.
+func TestReadSync(t *testing.T) {
+	for _, opts := range []Options{{}, laneOpts()} {
+		o := openT(t, dbPath(t), opts)
+		for i := range 60 {
+			if _, err := o.AppendWait(context.Background(), testMessage(i%4, i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		strip := func(r Record) Record {
+			r.Username, r.QoS, r.Retain, r.UserProperties = "", 0, false, nil
+			return r
+		}
+		for _, lane := range []int{-1, 0, 1, 2, MaxLanes} {
+			for _, lim := range [][2]int{{100, 0}, {7, 0}, {100, 300}, {1, 1}} {
+				var want []Record
+				var err error
+				if lane < 0 {
+					want, err = o.Read(3, lim[0], 0)
+				} else {
+					want, err = o.ReadLane(uint8(lane), 3, lim[0], 0)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := o.ReadSync(lane, 3, lim[0], lim[1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				if lim[1] == 0 && len(got) != len(want) || len(got) > len(want) || len(want) > 0 && len(got) == 0 {
+					t.Fatalf("lane %d limits %v: %d records, Read has %d", lane, lim, len(got), len(want))
+				}
+				for i := range got {
+					w := strip(want[i])
+					if lane < 0 {
+						w.Lane = 0
+					}
+					if got[i].Seq != w.Seq || got[i].Lane != w.Lane || !equalMessage(got[i].Message, w.Message) {
+						t.Fatalf("lane %d record %d: %+v, want %+v", lane, i, got[i], w)
+					}
+				}
+			}
+		}
+		o.Close()
+	}
+}

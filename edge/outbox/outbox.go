@@ -99,8 +99,9 @@ type Outbox struct {
 	// readStmt is Read's query on rdb; database/sql keeps it prepared on
 	// each pooled connection.
 	readStmt *sql.Stmt
-	// readLaneStmt is ReadLane's query on rdb.
-	readLaneStmt *sql.Stmt
+	// readLaneStmt is ReadLane's query on rdb; readSyncStmt and
+	// readSyncLaneStmt are ReadSync's (lanes.go).
+	readLaneStmt, readSyncStmt, readSyncLaneStmt *sql.Stmt
 
 	// gate orders senders against Close: Append and Ack hold it shared while
 	// they hand work to the writer; Close takes it exclusively to set closed,
@@ -272,6 +273,9 @@ func (o *Outbox) open() error {
 	}
 	if o.readLaneStmt, err = o.rdb.PrepareContext(ctx, o.readLaneSQL()); err != nil {
 		return fmt.Errorf("outbox: prepare lane read: %w", err)
+	}
+	if err := o.prepareSync(ctx); err != nil {
+		return err
 	}
 
 	c := url.Values{}
@@ -493,7 +497,7 @@ func (o *Outbox) Close() error {
 // goes last: as the last connection it checkpoints and removes the WAL.
 func (o *Outbox) closeHandles() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{o.insert, o.readStmt, o.readLaneStmt} {
+	for _, st := range []*sql.Stmt{o.insert, o.readStmt, o.readLaneStmt, o.readSyncStmt, o.readSyncLaneStmt} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}
