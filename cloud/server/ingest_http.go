@@ -102,7 +102,9 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		}
 		b, err := proto.Marshal(pe)
 		if err != nil {
-			writeError(w, http.StatusInternalServerError, "encode event %d: %v", i, err)
+			// What protobuf refuses is the event's content (a string
+			// attribute that is not UTF-8): the client's mistake.
+			writeError(w, http.StatusBadRequest, "event %d (id %q): %v", i, ev.ID(), err)
 			return
 		}
 		recs = append(recs, commitlog.Record{Topic: ev.Subject(), Value: b})

@@ -63,7 +63,11 @@ func TestHTTPIngestAppendsDurably(t *testing.T) {
 	if err != nil || json.Unmarshal(raw, &ev) != nil || ev["id"] != "b-1" || ev["subject"] != "rooms/1" || recs[0].Topic != "rooms/1" {
 		t.Fatalf("first record: %s (%v), topic %q", raw, err, recs[0].Topic)
 	}
-	if raw, err := DecodeEvent(recs[4].Value); err != nil || json.Unmarshal(raw, &ev) != nil || ev["myext"] != "v" || ev["averyverylongextensionname"] != "w" {
+	if ev["datacontenttype"] != "application/json" {
+		t.Fatalf("binary mode: datacontenttype %v, want the Content-Type header", ev["datacontenttype"])
+	}
+	ev = nil
+	if raw, err := DecodeEvent(recs[4].Value); err != nil || json.Unmarshal(raw, &ev) != nil || ev["myext"] != "v" || ev["averyverylongextensionname"] != "w" || ev["datacontenttype"] != "text/plain" {
 		t.Fatalf("mixed-case binary record: %s (%v)", raw, err)
 	}
 }
@@ -101,6 +105,7 @@ func TestHTTPIngestRefusesBadInput(t *testing.T) {
 		{"upper-case extension", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t","myExt":"x"}`), 400, `"myExt"`},
 		{"underscore extension", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[{"specversion":"1.0","id":"a","source":"/a","type":"t","my_ext":"x"}]`), 400, `"my_ext"`},
 		{"binary underscore extension", func() map[string]string { h := binaryHeaders("1.0"); h["Ce-My_ext"] = "x"; return h }(), []byte(`{}`), 400, "attribute names"},
+		{"not UTF-8", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte("[{\"specversion\":\"1.0\",\"id\":\"0\",\"source\":\"0\",\"type\":\"\xdb\"}]"), 400, "UTF-8"},
 		{"batch not an array", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t"}`), 400, "JSON array"},
 		{"structured mode, charset", map[string]string{"Content-Type": "application/cloudevents+json; charset=utf-8"}, []byte(`{"specversion":"1.0","id":"a","source":"/a","type":"t","Data":1}`), 400, `"Data"`},
 	} {
