@@ -15,6 +15,7 @@ import (
 
 	"github.com/tributary-io/tributary/cloud/commitlog"
 	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // laneSource is an in-memory outbox with priority lanes: one seq counter,
@@ -357,4 +358,76 @@ func TestConnBudget(t *testing.T) {
 	}
 	nilBudget.sent(1, 1)
 	nilBudget.released(1, 1, 1)
+}
+
+// laneHoldSink holds the appends of one producer until released.
+type laneHoldSink struct {
+	*logSink
+	producer string
+	mu       sync.Mutex
+	holding  bool
+	held     []func()
+}
+
+func (s *laneHoldSink) AppendAsync(gw string, recs []wire.RawRecord, done func(error)) {
+	s.mu.Lock()
+	if s.holding && gw == s.producer {
+		s.held = append(s.held, func() { s.logSink.AppendAsync(gw, recs, done) })
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.logSink.AppendAsync(gw, recs, done)
+}
+
+func (s *laneHoldSink) heldCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.held)
+}
+
+func (s *laneHoldSink) release() {
+	s.mu.Lock()
+	h := s.held
+	s.held, s.holding = nil, false
+	s.mu.Unlock()
+	for _, f := range h {
+		f()
+	}
+}
+
+// TestLanesZeroNeverStarved: the cloud pauses the connection (its log
+// holds lane 2's appends, so the backlog passes MaxBacklog), yet an alarm
+// of lane 0 still goes through and is acknowledged while lane 2 waits;
+// nothing breaks the server's per-connection credit check.
+func TestLanesZeroNeverStarved(t *testing.T) {
+	p := newPKI(t)
+	sink := &laneHoldSink{logSink: newLogSink(), producer: LaneProducer("gw-1", 2), holding: true}
+	cfg := serverConfig(t, p)
+	cfg.MaxBacklog = 1 // any backlog pauses
+	srv := startServer(t, cfg, sink, nil)
+	src := newLaneSource(t)
+	laneOf := map[uint64]uint32{}
+	last := src.add(2, 3000)
+	for seq := uint64(1); seq <= last; seq++ {
+		laneOf[seq] = 2
+	}
+	ccfg := clientConfig(t, p, srv.Addr().String(), "gw-1")
+	ccfg.Lanes = []uint32{2}
+	c := startClient(t, ccfg, src)
+	eventually(t, "lane 2 held and the connection paused", func() bool {
+		return sink.heldCount() > 0 && c.Stats().Window == 0
+	})
+	alarm := src.add(0, 1)
+	laneOf[alarm] = 0
+	eventually(t, "alarm acknowledged during the pause", func() bool { return src.ackedLane(0) == alarm })
+	if src.ackedLane(2) != 0 || c.Stats().Window != 0 {
+		t.Fatalf("lane 2 acked %d, window %d: the pause did not hold", src.ackedLane(2), c.Stats().Window)
+	}
+	sink.release()
+	eventually(t, "lane 2 drained after the pause", func() bool { return src.held() == 0 })
+	checkLanesLog(t, sink.log, "gw-1", laneOf)
+	if ss := srv.Stats(); ss.ProtocolErrors != 0 || ss.Credits == 0 {
+		t.Fatalf("server %+v", ss)
+	}
 }
