@@ -32,6 +32,7 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 	topicList := fs.String("topics", "1,100,1000,10000", "topic counts to measure (comma separated); the ratios need 1 and 10000")
 	sizeList := fs.String("sizes", "200,2048", "record sizes in bytes to measure (comma separated)")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each measurement to this file name with -TOPICS-SIZE before its extension")
+	warmup := fs.Duration("warmup", time.Second, "an unmeasured run (first topic count and size) before the measured ones, so that the first measured run does not pay for the process's warm-up (heap growth, first page faults)")
 	rounds := fs.Int("rounds", 1, "rounds; each measures every topic count and size once, interleaved, and the figures are medians (the machine is shared: rounds spread its noise over every topic count)")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-logtopics-")
@@ -52,6 +53,12 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 		if err != nil {
 			return nil, fmt.Errorf("-sizes: %w", err)
 		}
+		if *warmup > 0 && len(sizes) > 0 && len(topicCounts) > 0 {
+			if _, _, err := runLogTopics(ctx, filepath.Join(dir, "warmup"), *warmup, topicCounts[0], sizes[0], *writers, *batch, *consumer); err != nil {
+				return nil, err
+			}
+		}
+		res["warmup_s"] = warmup.Seconds()
 		for rd := range *rounds {
 			for _, size := range sizes {
 				for _, topics := range topicCounts {
@@ -60,9 +67,11 @@ func logTopicsFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[stri
 						return nil, err
 					}
 					cpu0 := processCPU()
-					r, read, err := runLogTopics(ctx, filepath.Join(dir, fmt.Sprintf("%d-%d-%d", size, topics, rd)), *dur, topics, size, *writers, *batch, *consumer)
+					runDir := filepath.Join(dir, fmt.Sprintf("%d-%d-%d", size, topics, rd))
+					r, read, err := runLogTopics(ctx, runDir, *dur, topics, size, *writers, *batch, *consumer)
 					cpu := processCPU() - cpu0
 					stopProfile()
+					_ = os.RemoveAll(runDir) // rounds would otherwise fill the disk
 					if err != nil {
 						return nil, err
 					}
