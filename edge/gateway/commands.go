@@ -37,7 +37,14 @@ import (
 // One goroutine (run) owns the database: it commits the queued changes of
 // all commands in one transaction (synchronous=FULL), then sends the
 // statuses that waited for that commit, then publishes what may be
-// published and expires what is due. A reply is reported at once, before
+// published and expires what is due. A new command is published in the
+// same round as its commit, before the fsync rather than after it: the
+// cloud hears ACCEPTED only once it is durable, but the device does not
+// wait for the disk (on a loaded gateway the fsync queues behind the
+// outbox's). If the gateway dies in that window, the device may run a
+// command the cloud never saw accepted; its reply is then unknown to the
+// restarted gateway and dropped, and the caller gets a timeout: a command
+// is executed at most once, never silently twice. A reply is reported at once, before
 // its change is committed: the reply itself is in the outbox already (the
 // broker forwards it as an io.tributary.command.reply event before it
 // acknowledges it), so a crash cannot lose it, and the command's RTT does
@@ -255,7 +262,8 @@ func (s *commandStore) Accept(req *syncv1.CommandRequest) {
 		c.state, c.reason = syncv1.CommandState_COMMAND_STATE_EXPIRED, "expired before it reached the gateway"
 		s.expired.Add(1)
 	default:
-		s.accepted.Add(1) // commit marks its device for publishing
+		s.accepted.Add(1)
+		s.online[req.GetDevice()] = true // published beside its commit, see run
 	}
 	s.cmds[id] = c
 	s.change(c, true)
@@ -382,8 +390,8 @@ func (s *commandStore) run() {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		s.commit()
 		s.publish()
+		s.commit()
 		next := s.expire()
 		s.commit()
 		if !next.IsZero() {
@@ -502,7 +510,7 @@ func (s *commandStore) publish() {
 	defer s.mu.Unlock()
 	var todo []*gwCommand
 	for _, c := range s.cmds {
-		if s.online[c.req.GetDevice()] && c.state == syncv1.CommandState_COMMAND_STATE_ACCEPTED && !s.dirty[c.req.GetRequestId()] {
+		if s.online[c.req.GetDevice()] && c.state == syncv1.CommandState_COMMAND_STATE_ACCEPTED {
 			todo = append(todo, c)
 		}
 	}
