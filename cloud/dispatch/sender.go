@@ -74,6 +74,7 @@ const (
 )
 
 func newSender(c *compiled, rt http.RoundTripper) (*sender, error) {
+	rt = ceHeaderEncoder{rt} // see headerenc.go
 	client := http.Client{
 		Transport: rt,
 		// A redirected POST would be replayed as a GET without its body and

@@ -20,7 +20,8 @@ import (
 // maxIngestBody bounds one POST /v1/events body.
 const maxIngestBody = 4 << 20
 
-// IngestResult is the answer of POST /v1/events.
+// IngestResult is the answer of POST /v1/events (all zero for an empty
+// batch).
 type IngestResult struct {
 	Appended    int    `json:"appended"`
 	FirstOffset uint64 `json:"first_offset"`
@@ -43,8 +44,11 @@ type IngestResult struct {
 // other than data and data_base64 is an attribute, whose name must be
 // lower-case ASCII letters and digits (else 400: an SDK that lower-cased
 // "myExt" would change the event). In binary mode header names are
-// case-insensitive, so ce-MyExt is the attribute myext. A body over 4 MiB
-// is 413.
+// case-insensitive, so ce-MyExt is the attribute myext; ce- values are
+// unquoted and percent-decoded (binding 3.1.3.2; malformed or non-UTF-8
+// encodings are 400), and ce-datacontenttype is refused (Content-Type is
+// datacontenttype there). An empty batch is allowed (200, nothing
+// appended). A body over 4 MiB is 413.
 func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength > maxIngestBody {
 		writeError(w, http.StatusRequestEntityTooLarge, "body of %d bytes is over the %d-byte limit", r.ContentLength, maxIngestBody)
@@ -71,6 +75,10 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "ce-specversion %q is not supported: send 1.0", r.Header.Get("Ce-Specversion"))
 		return
 	default:
+		if err := decodeCEHeaders(r.Header); err != nil {
+			writeError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
 		var ev *event.Event
 		if ev, err = cehttp.NewEventFromHTTPRequest(r); err == nil {
 			events = []event.Event{*ev}
@@ -86,7 +94,8 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if len(events) == 0 {
-		writeError(w, http.StatusBadRequest, "the batch holds no event")
+		// "The batch MAY be empty" (HTTP binding 3.3.2): nothing to append.
+		writeJSON(w, http.StatusOK, IngestResult{})
 		return
 	}
 	recs := make([]commitlog.Record, 0, len(events))

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/tributary-io/tributary/cloud/commitlog"
 )
@@ -51,8 +52,18 @@ func TestHTTPIngestAppendsDurably(t *testing.T) {
 	if st, b := post(t, s, writeTok, mixed, []byte(`hi`)); st != 200 {
 		t.Fatalf("binary with mixed-case headers: %d %v", st, b)
 	}
-	if n := s.Log().NextOffset(); n != 5 {
-		t.Fatalf("log holds %d records, want 5", n)
+	// Percent-encoded and quoted values are decoded (the binding's example).
+	enc := map[string]string{"Content-Type": "text/plain", "Ce-Specversion": "1.0", "Ce-Id": "b-3", "Ce-Source": "/a", "Ce-Type": "t",
+		"Ce-Subject": "Euro%20%E2%82%AC%20%F0%9F%98%80", "Ce-Note": `"say \"hi\""`, "Ce-Lower": "%c3%a2"}
+	if st, b := post(t, s, writeTok, enc, []byte(`hi`)); st != 200 {
+		t.Fatalf("binary with encoded values: %d %v", st, b)
+	}
+	// "The batch MAY be empty."
+	if st, b := post(t, s, writeTok, map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[]`)); st != 200 || b["appended"] != 0.0 {
+		t.Fatalf("empty batch: %d %v", st, b)
+	}
+	if n := s.Log().NextOffset(); n != 6 {
+		t.Fatalf("log holds %d records, want 6", n)
 	}
 	recs, err := s.Log().Read(0, 10, 1<<20)
 	if err != nil {
@@ -70,6 +81,10 @@ func TestHTTPIngestAppendsDurably(t *testing.T) {
 	if raw, err := DecodeEvent(recs[4].Value); err != nil || json.Unmarshal(raw, &ev) != nil || ev["myext"] != "v" || ev["averyverylongextensionname"] != "w" || ev["datacontenttype"] != "text/plain" {
 		t.Fatalf("mixed-case binary record: %s (%v)", raw, err)
 	}
+	ev = nil
+	if raw, err := DecodeEvent(recs[5].Value); err != nil || json.Unmarshal(raw, &ev) != nil || ev["subject"] != "Euro € 😀" || ev["note"] != `say "hi"` || ev["lower"] != "â" || recs[5].Topic != "Euro € 😀" {
+		t.Fatalf("percent-encoded binary record: %s (%v), topic %q", raw, err, recs[5].Topic)
+	}
 }
 
 func TestHTTPIngestRefusesBadInput(t *testing.T) {
@@ -86,7 +101,10 @@ func TestHTTPIngestRefusesBadInput(t *testing.T) {
 		{"unsupported format", map[string]string{"Content-Type": "application/cloudevents+protobuf"}, []byte(`x`), 415, "not supported"},
 		{"missing id", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"1.0","source":"/a","type":"t"}`), 400, "id"},
 		{"garbage", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{{{`), 400, "CloudEvent"},
-		{"empty batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"}, []byte(`[]`), 400, "no event"},
+		// Binary mode: header values are percent-decoded, and must decode.
+		{"malformed percent", func() map[string]string { h := binaryHeaders("1.0"); h["Ce-Subject"] = "50%"; return h }(), []byte(`{}`), 400, "ce-subject: malformed percent-encoding"},
+		{"overlong percent", func() map[string]string { h := binaryHeaders("1.0"); h["Ce-Subject"] = "%C0%A0"; return h }(), []byte(`{}`), 400, "not UTF-8"},
+		{"ce-datacontenttype", func() map[string]string { h := binaryHeaders("1.0"); h["Ce-Datacontenttype"] = "text/plain"; return h }(), []byte(`{}`), 400, "ce-datacontenttype"},
 		{"one bad in a batch", map[string]string{"Content-Type": "application/cloudevents-batch+json"},
 			[]byte(`[{"specversion":"1.0","id":"ok","source":"/a","type":"t"},{"specversion":"1.0","id":"bad","type":"t"}]`), 400, "event 1"},
 		{"too large", map[string]string{"Content-Type": "application/cloudevents+json"}, []byte(`{"specversion":"1.0","id":"big","source":"/a","type":"t","data":"` + strings.Repeat("x", maxIngestBody) + `"}`), 413, "limit"},
@@ -161,6 +179,26 @@ func FuzzHTTPIngest(f *testing.F) {
 			}
 		default:
 			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+	})
+}
+
+// FuzzDecodeHeaderValue: decoding a ce- header value never panics, and what
+// it accepts is UTF-8; a value with nothing to decode comes back as is.
+func FuzzDecodeHeaderValue(f *testing.F) {
+	for _, s := range []string{"plain", "Euro%20%E2%82%AC", `"a \"b\""`, "%", "%zz", "%C0%A0", `"\`, "\xff"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		d, err := decodeHeaderValue(v)
+		if err != nil {
+			return
+		}
+		if !utf8.ValidString(d) {
+			t.Fatalf("%q decoded to non-UTF-8 %q", v, d)
+		}
+		if !strings.ContainsAny(v, "%\"") && d != v {
+			t.Fatalf("%q changed to %q", v, d)
 		}
 	})
 }
