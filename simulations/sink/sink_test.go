@@ -52,7 +52,10 @@ func TestSinkModes(t *testing.T) {
 			t.Fatalf("%s: %d", c.ct, st)
 		}
 	}
-	for _, bad := range []string{`[]`, `[{"specversion":"1.0","id":"y1","source":"/s","type":"t"},{"specversion":"1.0","id":"","source":"/s","type":"t"}]`, `{`} {
+	if st := post(event.ApplicationCloudEventsBatchJSON, nil, `[]`); st != 200 {
+		t.Fatalf("empty batch: %d, want 200", st)
+	}
+	for _, bad := range []string{`[{"specversion":"1.0","id":"y1","source":"/s","type":"t"},{"specversion":"1.0","id":"","source":"/s","type":"t"}]`, `{`} {
 		if st := post(event.ApplicationCloudEventsBatchJSON, nil, bad); st != 400 {
 			t.Fatalf("bad batch %s: %d, want 400", bad, st)
 		}
@@ -63,7 +66,7 @@ func TestSinkModes(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if strings.Join(ids, ",") != "b,s,x1,x2" || s.Received() != 4 || s.Rejected() != 4 {
+	if strings.Join(ids, ",") != "b,s,x1,x2" || s.Received() != 4 || s.Rejected() != 3 {
 		t.Fatalf("ids %v, received %d, rejected %d", ids, s.Received(), s.Rejected())
 	}
 }
