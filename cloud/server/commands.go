@@ -55,6 +55,7 @@ const (
 	maxCmdTimeout      = 5 * time.Minute
 	maxCmdExpiry       = 24 * time.Hour
 	maxCommandBody     = 256 << 10 // the gateway's default payload limit
+	commandResend      = 2 * time.Second
 	commandRequestType = "io.tributary.command.request"
 	commandStatusType  = "io.tributary.command.status"
 )
@@ -109,6 +110,7 @@ type commandHub struct {
 	now    func() time.Time
 	audit  commitlog.Log // nil: no audit events
 	sender func(ctx context.Context, gateway string, req *syncv1.CommandRequest) error
+	resend time.Duration // how often a request the gateway has not accepted is sent again
 
 	mu    sync.Mutex
 	cmds  map[string]*cloudCommand
@@ -121,7 +123,7 @@ type commandHub struct {
 
 func newCommandHub(audit commitlog.Log, logger *slog.Logger) *commandHub {
 	return &commandHub{
-		log: logger, now: time.Now, audit: audit, cmds: map[string]*cloudCommand{},
+		log: logger, now: time.Now, audit: audit, cmds: map[string]*cloudCommand{}, resend: commandResend,
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tributary_commands_sent_total", Help: "Commands sent to gateways.",
 		}),
@@ -374,11 +376,28 @@ func (h *commandHub) handlePost(w http.ResponseWriter, r *http.Request) {
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
-	select {
-	case <-c.done:
-	case <-t.C:
-	case <-r.Context().Done():
-		return
+	// A request lost with its session (the link dropped before the
+	// gateway's ACCEPTED) is sent again while the caller waits; the
+	// gateway executes a request id once.
+	resend := time.NewTicker(h.resend)
+	defer resend.Stop()
+wait:
+	for {
+		select {
+		case <-c.done:
+			break wait
+		case <-t.C:
+			break wait
+		case <-r.Context().Done():
+			return
+		case <-resend.C:
+			h.mu.Lock()
+			unacked := c.rank == 0
+			h.mu.Unlock()
+			if unacked {
+				_ = h.sender(r.Context(), gw, req)
+			}
+		}
 	}
 	h.mu.Lock()
 	view := c.view

@@ -178,3 +178,35 @@ func TestCommandAPITimeoutsAndFailures(t *testing.T) {
 		t.Fatalf("offline command: %+v", g)
 	}
 }
+
+// TestCommandAPIResendsUnaccepted: a request the gateway never answered
+// (lost with its session) is sent again while the caller waits, with the
+// same request id.
+func TestCommandAPIResendsUnaccepted(t *testing.T) {
+	fl := &fakeLink{}
+	h, srv := newTestHub(t, fl, time.Now())
+	h.resend = 20 * time.Millisecond
+	var mu sync.Mutex
+	calls := 0
+	fl.respond = func(req *syncv1.CommandRequest) {
+		mu.Lock()
+		calls++
+		n := calls
+		mu.Unlock()
+		if n < 2 {
+			return // lost
+		}
+		st := cmdStatus("gw-1", req.GetRequestId(), syncv1.CommandState_COMMAND_STATE_REPLIED)
+		st.ReplyStatus = 200
+		h.onStatus("gw-1", st)
+	}
+	code, _, v := postCmd(t, srv, "/v1/gateways/gw-1/devices/dev-1/commands/reboot?timeout=20s", "application/json", `{}`)
+	if code != http.StatusOK || v["status"] != "replied" {
+		t.Fatalf("POST: %d %v", code, v)
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if len(fl.reqs) < 2 || fl.reqs[0].GetRequestId() != fl.reqs[1].GetRequestId() {
+		t.Fatalf("requests sent: %v", fl.reqs)
+	}
+}
