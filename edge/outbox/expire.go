@@ -71,6 +71,7 @@ func (o *Outbox) expireStep() {
 		w.counts[d.class].expired += uint64(d.records)
 		touched.add(d.class)
 	}
+	o.w.sizes.invalidate() // acksizes.go
 	removed := o.removed(gone)
 	o.mu.Lock()
 	o.st.Records -= uint64(removed.records)

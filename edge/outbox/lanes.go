@@ -83,6 +83,9 @@ func (o *Outbox) openLanes(ctx context.Context) error {
 			return fmt.Errorf("outbox: drop the lane index: %w", classify(err))
 		}
 	}
+	if o.st.Records == 0 {
+		o.w.sizes.reset(o.st.LastSeq + 1) // acksizes.go
+	}
 	if !o.laneIndex {
 		// Every record is in lane 0.
 		o.laneLast[0] = o.st.LastSeq
@@ -264,6 +267,11 @@ func (o *Outbox) laneAckStep(lane uint8) {
 	}
 	la.acked[lane] = end
 	w.first = first
+	if first == 0 {
+		w.sizes.reset(w.last + 1) // acksizes.go
+	} else {
+		w.sizes.invalidate() // records left from the middle of the range
+	}
 	// Everything below the lowest record held is gone, whatever its lane.
 	if first == 0 {
 		w.acked = max(w.acked, w.last)

@@ -19,6 +19,7 @@ type writerState struct {
 	ackTarget   uint64 // highest seq an Ack asked for; > acked while deleting
 	ackWaiters  []ackReq
 	lanes       laneAcks // AckLane's state (lanes.go)
+	sizes       ackSizes // records' sizes for Ack's accounting (acksizes.go)
 
 	vacuumCheck bool // Acks freed pages: see whether to reclaim them
 	vacuuming   bool // reclaiming until the free list is empty
@@ -292,6 +293,7 @@ func (o *Outbox) commitGroup(batch []*pending) {
 	}
 	clear(w.plan.cuts)
 	w.bytes += added.bytes - dropped.bytes
+	w.sizes.committed(batch, g.seqs, dropped.records > 0) // acksizes.go
 	if g.rows > 0 {
 		w.last = g.last
 	}
@@ -534,6 +536,7 @@ func (o *Outbox) ackStep() {
 	}
 	w.acked = hi
 	w.first = first
+	w.sizes.acked(hi, first, w.last) // acksizes.go
 	removed := o.removed(gone)
 	var touched classSet
 	touched.addDeltas(gone)
@@ -613,6 +616,10 @@ func (o *Outbox) deleteUpTo(hi uint64) (gone []classDelta, first uint64, err err
 // NOT INDEXED keeps the planner on the seq range: the class index would
 // visit every record to avoid sorting by priority.
 func (o *Outbox) countAcked(ctx context.Context, tx *sql.Tx, hi uint64) ([]classDelta, error) {
+	if gone, ok := o.w.sizes.sum(o.w.acked, hi, o.w.gone[:0]); ok { // acksizes.go
+		o.w.gone = gone
+		return gone, nil
+	}
 	held := -1
 	for c := range o.w.classes {
 		if o.w.classes[c].records != 0 {
