@@ -61,7 +61,9 @@ import (
 // nearest entry and scans. A topic index (topicindex.go) maps each topic to
 // its offsets. Both live in memory; Open rebuilds them from the snapshots
 // saved when segments were closed and a scan of the active segment (see
-// snapshot.go).
+// snapshot.go). The newest records (Options.TailCacheBytes) are also kept in
+// memory as written (tailcache.go): reads near the tail, by offset or by
+// topic, copy them from there without a system call.
 //
 // # Locking
 //

@@ -347,15 +347,17 @@ func (w *writer) topic(name string) *topicOffsets {
 }
 
 // reuse returns the buffers of a retired tail-cache chunk that no reader
-// holds any more, emptied, or nil ones.
-func (w *writer) reuse() ([]byte, []uint32) {
+// holds any more, emptied, or new ones with the given capacities (those of
+// the buffers just handed over: the next group is likely as large, and
+// growing a buffer by appending to it costs copies and page faults).
+func (w *writer) reuse(bufCap, startsCap int) ([]byte, []uint32) {
 	for i, c := range w.retired {
 		if c.refs.Load() == 0 {
 			w.retired = slices.Delete(w.retired, i, i+1)
 			return c.data[:0], c.starts[:0]
 		}
 	}
-	return nil, nil
+	return make([]byte, 0, bufCap), make([]uint32, 0, startsCap)
 }
 
 // piece returns the current group's piece of the active segment.
@@ -394,7 +396,7 @@ func (w *writer) flush() error {
 			// buffer of a chunk the cache no longer holds, which saves
 			// copying the group and faulting in new memory for it.
 			w.chunks = append(w.chunks, &tailChunk{first: w.bufFirst, data: w.buf[:n], starts: w.bufStarts})
-			w.buf, w.bufStarts = w.reuse()
+			w.buf, w.bufStarts = w.reuse(cap(w.buf), cap(w.bufStarts))
 		}
 		w.bufStarts = w.bufStarts[:0]
 		w.size += int64(n)
