@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"time"
 
@@ -89,6 +90,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		p := strconv.Itoa(int(cl.Priority))
 		ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(cl.Rejected), p)
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.DroppedOldest), p, outbox.DropReasonQuota)
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.DroppedDiskFull), p, outbox.DropReasonDiskFull)
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(cl.Expired), p, outbox.DropReasonExpired)
 	}
 	c.collectMore(ch, s)
@@ -118,6 +120,9 @@ func startMetrics(addr string, g *Gateway) (*metricsServer, error) {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})
+	if os.Getenv(PprofEnv) == "1" {
+		servePprof(mux)
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics_listen: %w", err)

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,4 +56,18 @@ func (c *collector) collectMore(ch chan<- prometheus.Metric, s Stats) {
 	ch <- prometheus.MustNewConstHistogram(c.commitLatency, l.Count, l.Sum.Seconds(), buckets)
 
 	ch <- prometheus.MustNewConstMetric(c.mqttDropped, prometheus.CounterValue, float64(s.Broker.RateLimited), DropReasonRateLimited)
+}
+
+// PprofEnv, set to "1" in the gateway's environment, also serves Go's
+// /debug/pprof/ handlers on metrics_listen: for profiling a gateway under
+// load (the edge-ingest benchmark's -edge-profile). Unset (the default):
+// not served, since a profile reveals internals and costs CPU.
+const PprofEnv = "TRIBUTARY_EDGE_PPROF"
+
+func servePprof(mux *http.ServeMux) {
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 }

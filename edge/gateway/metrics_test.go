@@ -19,13 +19,15 @@ import (
 	"github.com/tributary-io/tributary/sync/pki"
 )
 
-// TestMetricsMove scrapes /metrics from a real gateway whose cloud is
+// TestMetricsMove scrapes /metrics from a real gateway (with PprofEnv set,
+// so /debug/pprof is served too) whose cloud is
 // unreachable: before any publish the backlog age is 0 and no commit is
 // counted; after an MQTT 5 client publishes three QoS 1 messages with a
 // publish rate that allows one, the backlog age is positive, the commit
 // histogram counts a commit, and two publishes are counted as dropped with
 // reason rate_limited (their PUBACKs carry 0x96).
 func TestMetricsMove(t *testing.T) {
+	t.Setenv(PprofEnv, "1")
 	dir := t.TempDir()
 	if _, err := pki.EnsureDevPKI(filepath.Join(dir, "ca"), []string{"127.0.0.1"}); err != nil {
 		t.Fatal(err)
@@ -52,6 +54,14 @@ func TestMetricsMove(t *testing.T) {
 		g.Close()
 	}()
 	url := "http://" + g.metrics.ln.Addr().String() + "/metrics"
+	resp, err := http.Get("http://" + g.metrics.ln.Addr().String() + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/debug/pprof/cmdline with %s=1: %s", PprofEnv, resp.Status)
+	}
 
 	before := scrape(t, url)
 	for name, want := range map[string]float64{

@@ -76,6 +76,7 @@ type ingestConfig struct {
 	maxBatchRows            int
 	queueLimit              int
 	keep                    bool
+	edgeProfile             string
 	loadgen                 string // internal: run as the load generator
 }
 
@@ -95,6 +96,7 @@ func edgeIngestFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[str
 	fs.IntVar(&c.maxBatchRows, "max-batch-rows", 0, "edge outbox.max_batch_rows (0: its default)")
 	fs.IntVar(&c.queueLimit, "queue-limit", 0, "edge outbox.queue_limit (0: its default)")
 	fs.BoolVar(&c.keep, "keep", false, "keep the working directory (data, configs, logs)")
+	fs.StringVar(&c.edgeProfile, "edge-profile", "", "write a CPU profile of the edge process over each measured window to this `file`, with -p<publishers> before its extension (the last round's)")
 	fs.StringVar(&c.loadgen, "loadgen", "", "internal: run the load generator with this JSON spec")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		if c.loadgen != "" {
@@ -333,6 +335,13 @@ func ingestRunOurs(ctx context.Context, progress io.Writer, c ingestConfig, bins
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return ingestRun{}, err
 	}
+	if c.edgeProfile != "" {
+		// gateway.PprofEnv: the edge child inherits it and serves
+		// /debug/pprof on its metrics listener.
+		if err := os.Setenv("TRIBUTARY_EDGE_PPROF", "1"); err != nil {
+			return ingestRun{}, err
+		}
+	}
 	edge, err := procs.StartEdge(ctx, bins, procs.EdgeOptions{
 		GatewayID: "bench-gw", DataDir: dataDir,
 		CloudAddr: fmt.Sprintf("127.0.0.1:%d", cloudPort), DevCADir: caDir,
@@ -348,12 +357,30 @@ func ingestRunOurs(ctx context.Context, progress io.Writer, c ingestConfig, bins
 		}
 	}()
 	cpu0 := ingestProcCPU(edge.PID())
+	profDone := make(chan error, 1)
+	if c.edgeProfile != "" {
+		ext := filepath.Ext(c.edgeProfile)
+		path := fmt.Sprintf("%s-p%d%s", strings.TrimSuffix(c.edgeProfile, ext), pubs, ext)
+		go func() {
+			select {
+			case <-time.After(c.warmup):
+				profDone <- fetchProfile(fmt.Sprintf("http://127.0.0.1:%d", metricsPort), path, c.duration)
+			case <-ctx.Done():
+				profDone <- ctx.Err()
+			}
+		}()
+	} else {
+		profDone <- nil
+	}
 	lg, err := ingestLoadgenChild(ctx, progress, self, runDir, ingestLoadSpec{
 		Addr: edge.MQTTAddr, Publishers: pubs, Inflight: c.inflight, Payload: c.payload,
 		Warmup: c.warmup, Duration: c.duration, Drain: c.drain,
 	})
 	if err != nil {
 		return ingestRun{}, fmt.Errorf("%w\nedge log:\n%s", err, edge.Tail(20))
+	}
+	if err := <-profDone; err != nil {
+		fmt.Fprintf(progress, "edge-ingest: edge profile: %v\n", err)
 	}
 	r := ingestRun{lg: lg}
 	r.cpuUsPerMsg = (ingestProcCPU(edge.PID()) - cpu0) * 1e6 / float64(max(lg.Acked, 1))
