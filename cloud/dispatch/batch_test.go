@@ -40,7 +40,7 @@ func checkOrder(t *testing.T, got []received, devices, n int) {
 // while some batches fail with 503: every event arrives once, in order per
 // partition, as application/cloudevents-batch+json, and lanes do batch.
 func TestBatchMode(t *testing.T) {
-	const n, devices = 1200, 23
+	const n, devices = 600, 23
 	lg := commitlog.NewMemory(nil)
 	fillLog(t, lg, n, devices)
 	s := newSink(t, func(e *event.Event, attempt int) (int, http.Header) {

@@ -18,7 +18,7 @@ import (
 // event is accepted once, and per-partition order holds, one event per
 // request and in batches. Retries wait on a fake clock.
 func TestSinkDownThenRecovers(t *testing.T) {
-	const n, devices, failing = 800, 13, 150
+	const n, devices, failing = 400, 13, 80
 	for _, mode := range []string{ModeBinary, ModeBatch} {
 		t.Run(mode, func(t *testing.T) {
 			lg := commitlog.NewMemory(nil)
