@@ -19,7 +19,7 @@ import (
 // random schedule of faults on the link between a real gateway and a real
 // cloud process (loss, duplication, reordering, delay and jitter through a
 // faultnet relay, partitions, NAT rebinding, SIGKILL and restart of either
-// side) while real paho devices publish QoS 1, the central log ends up
+// side, one-way partitions) while real paho devices publish QoS 1, the central log ends up
 // holding every message the gateway acknowledged exactly once, and each
 // device's messages in the order it published them.
 //
@@ -76,8 +76,8 @@ func propSeeds() ([]uint64, error) {
 
 const (
 	propDevices   = 4
-	propPerDevice = 600 // messages each device publishes at most
-	propInFlight  = 8   // unacknowledged publishes per device
+	propPerDevice = 100_000 // a bound on each device's messages (it publishes until the schedule ends)
+	propInFlight  = 8       // unacknowledged publishes per device
 )
 
 func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
@@ -108,13 +108,13 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 
 	// Apply the schedule in real time.
 	start := time.Now()
-	kills := map[faultKind]int{}
+	did := map[faultKind]int{} // steps applied, by kind
 	for _, f := range sched {
 		if wait := time.Until(start.Add(f.At)); wait > 0 {
 			<-time.After(wait) // the schedule's pace, not a wait for a condition
 		}
 		switch f.Kind {
-		case faultImpair:
+		case faultImpair, faultOneWay:
 			r.relay.SetImpairment(f.Up, f.Down)
 		case faultClear:
 			r.relay.SetImpairment(faultnet.Impairment{}, faultnet.Impairment{})
@@ -133,7 +133,7 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 		case faultStartCloud:
 			r.startCloud()
 		}
-		kills[f.Kind]++
+		did[f.Kind]++
 	}
 	close(stop)
 	devs.Wait() // every publish acknowledged or failed
@@ -150,9 +150,9 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 	checkPropLog(t, led, recs)
 	p := led.Progress()
 	st := r.relay.Stats()
-	t.Logf("seed %d: %d edge kills, %d cloud kills, %d partitions, %d impairments, %d rebinds over %v; relay: %d datagrams, %d lost, %d duplicated, %d blackholed; "+
+	t.Logf("seed %d: %d edge kills, %d cloud kills, %d partitions, %d one-way partitions, %d impairments, %d rebinds over %v; relay: %d datagrams, %d lost, %d duplicated, %d blackholed; "+
 		"devices published %d, gateway acknowledged %d (%d publishes failed); log holds %d records; drained %v after the faults stopped; gateway sessions since its last start: %v",
-		seed, kills[faultKillEdge], kills[faultKillCloud], kills[faultPartition], kills[faultImpair], kills[faultRebind], faultsTook.Truncate(time.Millisecond),
+		seed, did[faultKillEdge], did[faultKillCloud], did[faultPartition], did[faultOneWay], did[faultImpair], did[faultRebind], faultsTook.Truncate(time.Millisecond),
 		st.Received, st.Dropped, st.Duplicated, st.Blackholed,
 		p.Published, p.Acked, p.Failed, len(recs), drainTook.Truncate(time.Millisecond), sessions)
 	if p.Acked == 0 {

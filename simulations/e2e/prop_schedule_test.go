@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/tributary-io/tributary/sync/faultnet"
@@ -18,6 +19,7 @@ const (
 	faultClear                       // forward untouched
 	faultPartition                   // blackhole both ways for Hold
 	faultRebind                      // the relay's NAT mapping changes
+	faultOneWay                      // one direction loses everything until the next impairment step
 	faultKillEdge                    // SIGKILL the gateway
 	faultStartEdge                   // start it again on the same data
 	faultKillCloud                   // SIGKILL the cloud
@@ -43,6 +45,11 @@ func (f fault) String() string {
 		return fmt.Sprintf("%v partition %v", at, f.Hold.Truncate(time.Millisecond))
 	case faultRebind:
 		return fmt.Sprintf("%v rebind", at)
+	case faultOneWay:
+		if f.Up.Loss == 1 {
+			return fmt.Sprintf("%v one-way partition: gateway->cloud lost", at)
+		}
+		return fmt.Sprintf("%v one-way partition: cloud->gateway lost", at)
 	case faultKillEdge:
 		return fmt.Sprintf("%v SIGKILL edge", at)
 	case faultStartEdge:
@@ -85,7 +92,8 @@ func randomImpairment(r *rand.Rand) faultnet.Impairment {
 // makeSchedule draws a fault schedule lasting about span from seed. It is a
 // pure function of its arguments, so a seed names a schedule. Every
 // schedule kills the gateway and the cloud at least once each and holds
-// at least one partition and one impairment; the rest is drawn freely. A
+// at least one partition and one impairment; the rest (more impairments
+// and partitions, one-way partitions, NAT rebinding, kills) is drawn freely. A
 // killed process is started again 0-1.5 s later; the other side may be
 // killed meanwhile. The schedule ends with everything up and untouched.
 func makeSchedule(seed uint64, span time.Duration) []fault {
@@ -111,14 +119,22 @@ func makeSchedule(seed uint64, span time.Duration) []fault {
 	// Free steps every 200-1200 ms.
 	for at := time.Duration(r.IntN(500)) * time.Millisecond; at < span; at += time.Duration(200+r.IntN(1000)) * time.Millisecond {
 		switch x := r.IntN(100); {
-		case x < 35:
+		case x < 30:
 			s = append(s, fault{At: at, Kind: faultImpair, Up: randomImpairment(r), Down: randomImpairment(r)})
-		case x < 50:
+		case x < 42:
 			s = append(s, fault{At: at, Kind: faultClear})
-		case x < 65:
+		case x < 56:
 			s = append(s, fault{At: at, Kind: faultPartition, Hold: time.Duration(300+r.IntN(2700)) * time.Millisecond})
-		case x < 72:
+		case x < 62:
 			s = append(s, fault{At: at, Kind: faultRebind})
+		case x < 74:
+			f := fault{At: at, Kind: faultOneWay}
+			if r.IntN(2) == 0 {
+				f.Up.Loss = 1
+			} else {
+				f.Down.Loss = 1
+			}
+			s = append(s, f)
 		case x < 86:
 			if at > edgeDownUntil {
 				kill(at, true)
@@ -162,4 +178,58 @@ func makeSchedule(seed uint64, span time.Duration) []fault {
 		out = append(out, fault{At: end, Kind: faultStartCloud})
 	}
 	return append(out, fault{At: end, Kind: faultClear})
+}
+
+// TestMakeSchedule checks the schedule generator itself, for many seeds: a
+// seed always gives the same schedule; steps are in time order; each
+// process is killed at least once and alternates kill/start, ending up; at
+// least one partition and one impairment; the last step clears the relay.
+func TestMakeSchedule(t *testing.T) {
+	for seed := uint64(1); seed <= 500; seed++ {
+		s := makeSchedule(seed, 8*time.Second)
+		if again := makeSchedule(seed, 8*time.Second); !slices.Equal(s, again) {
+			t.Fatalf("seed %d: two different schedules", seed)
+		}
+		count := map[faultKind]int{}
+		up := map[faultKind]bool{faultKillEdge: true, faultKillCloud: true}
+		for i, f := range s {
+			if i > 0 && f.At < s[i-1].At {
+				t.Fatalf("seed %d: step %d (%v) before step %d", seed, i, f, i-1)
+			}
+			count[f.Kind]++
+			switch f.Kind {
+			case faultKillEdge, faultKillCloud:
+				if !up[f.Kind] {
+					t.Fatalf("seed %d: %v while it is down:\n%s", seed, f, scheduleString(s))
+				}
+				up[f.Kind] = false
+			case faultStartEdge, faultStartCloud:
+				k := faultKillEdge
+				if f.Kind == faultStartCloud {
+					k = faultKillCloud
+				}
+				if up[k] {
+					t.Fatalf("seed %d: %v while it is up:\n%s", seed, f, scheduleString(s))
+				}
+				up[k] = true
+			case faultImpair:
+				for _, imp := range []faultnet.Impairment{f.Up, f.Down} {
+					if imp.Loss < 0 || imp.Loss > 0.2 || imp.Duplicate > 0.1 || imp.Reorder > 0.3 {
+						t.Fatalf("seed %d: impairment out of bounds: %v", seed, f)
+					}
+				}
+			}
+		}
+		if !up[faultKillEdge] || !up[faultKillCloud] {
+			t.Fatalf("seed %d: a process is left down:\n%s", seed, scheduleString(s))
+		}
+		for _, k := range []faultKind{faultKillEdge, faultKillCloud, faultPartition, faultImpair} {
+			if count[k] == 0 {
+				t.Fatalf("seed %d: no step of kind %d:\n%s", seed, k, scheduleString(s))
+			}
+		}
+		if s[len(s)-1].Kind != faultClear {
+			t.Fatalf("seed %d: the schedule does not end clear:\n%s", seed, scheduleString(s))
+		}
+	}
 }
