@@ -59,8 +59,14 @@ import (
 // its client goroutines, never from PublishCommand.
 
 // commandRetention is how long a finished and acknowledged command is kept,
-// so that a request sent again is recognised and not executed twice.
-const commandRetention = 24 * time.Hour
+// so that a request sent again is recognised and not executed twice. The
+// cloud sends a request again only while its caller waits (at most 5
+// minutes).
+const commandRetention = 10 * time.Minute
+
+// sweepEvery is how often finished commands past commandRetention are
+// looked for.
+const sweepEvery = time.Minute
 
 // CommandStats are the gateway's command counters since start.
 type CommandStats struct {
@@ -108,6 +114,8 @@ type commandStore struct {
 
 	mu      sync.Mutex
 	cmds    map[string]*gwCommand
+	open    map[string]*gwCommand // the unfinished ones among cmds
+	swept   time.Time             // the last retention sweep
 	dirty   map[string]bool // changed, not yet committed
 	deleted map[string]bool // to delete
 	after   []*gwCommand    // statuses to send after the next commit
@@ -153,7 +161,7 @@ func openCommandStore(path string, logger *slog.Logger, now func() time.Time) (*
 	db.SetMaxOpenConns(1)
 	s := &commandStore{
 		db: db, log: logger, now: now,
-		cmds: map[string]*gwCommand{}, dirty: map[string]bool{}, deleted: map[string]bool{}, online: map[string]bool{},
+		cmds: map[string]*gwCommand{}, open: map[string]*gwCommand{}, dirty: map[string]bool{}, deleted: map[string]bool{}, online: map[string]bool{},
 		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if err := s.load(); err != nil {
@@ -186,6 +194,9 @@ func (s *commandStore) load() error {
 		}
 		c.updated = time.UnixMilli(updated)
 		s.cmds[c.req.GetRequestId()] = c
+		if !c.final() {
+			s.open[c.req.GetRequestId()] = c
+		}
 	}
 	return rows.Err()
 }
@@ -196,10 +207,8 @@ func (s *commandStore) load() error {
 func (s *commandStore) start(pub commandPublisher, send func(*syncv1.CommandStatus)) {
 	s.mu.Lock()
 	s.pub, s.send, s.started = pub, send, true
-	for _, c := range s.cmds {
-		if !c.final() {
-			s.online[c.req.GetDevice()] = true
-		}
+	for _, c := range s.open {
+		s.online[c.req.GetDevice()] = true
 	}
 	s.mu.Unlock()
 	go s.run()
@@ -263,10 +272,15 @@ func (s *commandStore) Accept(req *syncv1.CommandRequest) {
 		s.expired.Add(1)
 	default:
 		s.accepted.Add(1)
-		s.online[req.GetDevice()] = true // published beside its commit, see run
+		s.open[id] = c
 	}
 	s.cmds[id] = c
 	s.change(c, true)
+	if s.open[id] != nil && s.pub != nil {
+		// Published now, before its commit (see run): one goroutine
+		// hop less between the link and the device.
+		s.publishLocked(c, s.now())
+	}
 	s.mu.Unlock()
 	s.signal()
 }
@@ -359,6 +373,7 @@ func (s *commandStore) Replied(device, id string, payload []byte) bool {
 	}
 	c.status, c.reply, c.reason = parseReply(payload)
 	c.state = syncv1.CommandState_COMMAND_STATE_REPLIED
+	delete(s.open, id)
 	s.replied.Add(1)
 	s.change(c, false)
 	st := c.statusMsg()
@@ -375,11 +390,7 @@ func (s *commandStore) stats() CommandStats {
 		Expired: s.expired.Load(), Rejected: s.rejected.Load(),
 	}
 	s.mu.Lock()
-	for _, c := range s.cmds {
-		if !c.final() {
-			st.Pending++
-		}
-	}
+	st.Pending = len(s.open)
 	s.mu.Unlock()
 	return st
 }
@@ -509,7 +520,7 @@ func (s *commandStore) publish() {
 	}
 	defer s.mu.Unlock()
 	var todo []*gwCommand
-	for _, c := range s.cmds {
+	for _, c := range s.open {
 		if s.online[c.req.GetDevice()] && c.state == syncv1.CommandState_COMMAND_STATE_ACCEPTED {
 			todo = append(todo, c)
 		}
@@ -518,19 +529,24 @@ func (s *commandStore) publish() {
 	sort.Slice(todo, func(i, j int) bool { return todo[i].updated.Before(todo[j].updated) })
 	now := s.now()
 	for _, c := range todo {
-		r := c.req
-		err := s.pub.PublishCommand(broker.Command{
-			Device: r.GetDevice(), Name: r.GetName(), RequestID: r.GetRequestId(), Payload: r.GetPayload(),
-			ContentType: r.GetContentType(), Expires: time.UnixMilli(r.GetExpiresUnixMs()),
-		}, now)
-		switch {
-		case err == nil:
-			c.published = true
-		case errors.Is(err, broker.ErrNoSubscriber), errors.Is(err, broker.ErrCommandExpired):
-			// Waits for the device (or for expire).
-		default:
-			s.log.Warn("command not published", "request_id", r.GetRequestId(), "device", r.GetDevice(), "err", err)
-		}
+		s.publishLocked(c, now)
+	}
+}
+
+// publishLocked hands c to the broker; called with mu held.
+func (s *commandStore) publishLocked(c *gwCommand, now time.Time) {
+	r := c.req
+	err := s.pub.PublishCommand(broker.Command{
+		Device: r.GetDevice(), Name: r.GetName(), RequestID: r.GetRequestId(), Payload: r.GetPayload(),
+		ContentType: r.GetContentType(), Expires: time.UnixMilli(r.GetExpiresUnixMs()),
+	}, now)
+	switch {
+	case err == nil:
+		c.published = true
+	case errors.Is(err, broker.ErrNoSubscriber), errors.Is(err, broker.ErrCommandExpired):
+		// Waits for the device (or for expire).
+	default:
+		s.log.Warn("command not published", "request_id", r.GetRequestId(), "device", r.GetDevice(), "err", err)
 	}
 }
 
@@ -542,14 +558,16 @@ func (s *commandStore) expire() time.Time {
 	var next time.Time
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for id, c := range s.cmds {
-		if c.final() {
-			if c.acked == c.state && now.Sub(c.updated) > commandRetention && !s.dirty[id] {
+	if now.Sub(s.swept) > sweepEvery {
+		s.swept = now
+		for id, c := range s.cmds {
+			if c.final() && c.acked == c.state && now.Sub(c.updated) > commandRetention && !s.dirty[id] {
 				delete(s.cmds, id)
 				s.deleted[id] = true
 			}
-			continue
 		}
+	}
+	for id, c := range s.open {
 		exp := time.UnixMilli(c.req.GetExpiresUnixMs())
 		if now.Before(exp) {
 			if next.IsZero() || exp.Before(next) {
@@ -566,6 +584,7 @@ func (s *commandStore) expire() time.Time {
 			c.reason = "device offline until expiry"
 		}
 		c.state = syncv1.CommandState_COMMAND_STATE_EXPIRED
+		delete(s.open, id)
 		s.expired.Add(1)
 		s.change(c, true)
 	}
