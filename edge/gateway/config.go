@@ -64,6 +64,16 @@ type OutboxConfig struct {
 	// TTL deletes records older than this that the cloud has not taken,
 	// counted as expired. 0 (the zero value): records never expire.
 	TTL time.Duration `yaml:"ttl"`
+	// MinFreeBytes is the free-space reserve on the data directory's file
+	// system: when less than this is free (the database's own free pages
+	// count as free), the outbox behaves as if its quota were reached, so
+	// drop-oldest classes drop their oldest records and reject-new classes
+	// refuse (MQTT 5 reason 0x97), each counted by reason disk_full, before
+	// the disk is really full. It must cover the WAL's growth between
+	// checkpoints (a few MiB). Unset (nil, the zero value): 64 MiB or 5% of
+	// the file system, whichever is smaller. 0 turns the reserve off: a full
+	// disk then refuses every publish, whatever the overflow policy.
+	MinFreeBytes *int64 `yaml:"min_free_bytes"`
 	// Classes overrides overflow and ttl per priority class (the forwarding
 	// rules' priority; 0 is the highest). Empty: every class uses the
 	// settings above.
@@ -192,6 +202,9 @@ func (c Config) Validate() error {
 	if c.Outbox.QuotaBytes < 0 {
 		return bad("outbox.quota_bytes", "%d is negative", c.Outbox.QuotaBytes)
 	}
+	if c.Outbox.MinFreeBytes != nil && *c.Outbox.MinFreeBytes < 0 {
+		return bad("outbox.min_free_bytes", "%d is negative (0 turns the reserve off; leave it out for the default)", *c.Outbox.MinFreeBytes)
+	}
 	if c.Outbox.TTL < 0 {
 		return bad("outbox.ttl", "%v is negative", c.Outbox.TTL)
 	}
@@ -249,6 +262,13 @@ func (c OutboxConfig) options() outbox.Options {
 		QuotaBytes:   c.QuotaBytes,
 		Overflow:     outbox.Overflow(c.Overflow),
 		TTL:          c.TTL,
+	}
+	switch {
+	case c.MinFreeBytes == nil: // the outbox's default
+	case *c.MinFreeBytes == 0:
+		o.MinFreeBytes = -1 // off
+	default:
+		o.MinFreeBytes = *c.MinFreeBytes
 	}
 	if len(c.Classes) > 0 {
 		o.Classes = make(map[uint8]outbox.ClassPolicy, len(c.Classes))

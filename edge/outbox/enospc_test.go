@@ -40,7 +40,7 @@ func TestDiskFullENOSPC(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(mnt, "outbox.db")
-	o, err := Open(path, Options{CheckpointBytes: 64 << 10})
+	o, err := Open(path, Options{CheckpointBytes: 64 << 10, MinFreeBytes: -1}) // the plain ENOSPC path: no reserve
 	if err != nil {
 		t.Fatal(err)
 	}

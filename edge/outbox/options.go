@@ -108,7 +108,21 @@ type Options struct {
 	// commits. 0 means 1000.
 	ExpireChunkRows int
 
-	// Now is the clock TTL is measured against. nil means time.Now.
+	// MinFreeBytes is the free-space reserve: the outbox keeps at least this
+	// many bytes free on its file system (counting the database's own free
+	// pages as free) by treating the room above it as a second quota. When
+	// free space falls below it, a message that does not fit is handled by
+	// its class's overflow policy as for QuotaBytes, with drops and
+	// refusals counted by reason DropReasonDiskFull and refusals wrapping
+	// ErrDiskFull (see diskguard.go). 0 means the default: DefaultMinFreeBytes
+	// (64 MiB) or DefaultMinFreePercent (5%) of the file system, whichever is
+	// smaller. A negative value turns the reserve off: only a real ENOSPC
+	// then stops appends (every class refuses, nothing is dropped). Linux
+	// only; elsewhere it is off.
+	MinFreeBytes int64
+
+	// Now is the clock TTL is measured against, and the free-space reserve's
+	// refresh interval. nil means time.Now.
 	Now func() time.Time
 
 	// Logger receives operational logs. nil discards them.
@@ -132,6 +146,9 @@ type testHooks struct {
 	beforeCommit func() error
 	// vacuumIdle, when non-zero, replaces the const vacuumIdle.
 	vacuumIdle time.Duration
+	// statfs, when non-nil, replaces the file system's free space
+	// measurement of the free-space reserve.
+	statfs statfsFunc
 }
 
 // Validate reports the first invalid field.

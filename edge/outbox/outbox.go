@@ -43,9 +43,15 @@
 // Open, so the accounting survives restarts and crashes. policy.go and
 // expire.go explain the choices.
 //
-// A full disk refuses the group being committed with ErrDiskFull whatever
-// the policy; SQLite rolls the transaction back, so the database is never
-// left half-written, and appends succeed again once space returns.
+// Options.MinFreeBytes keeps a free-space reserve on the file system: when
+// free space (counting the database's free pages) falls below it, the room
+// left acts as a second quota with the same policies, so DropOldest classes
+// drop their oldest records and reuse their pages, and RejectNew classes
+// refuse with ErrDiskFull, before the disk is really full (diskguard.go).
+// A real ENOSPC (no reserve, or one too small) refuses the group being
+// committed with ErrDiskFull whatever the policy; SQLite rolls the
+// transaction back, so the database is never left half-written, and
+// appends succeed again once space returns.
 //
 // Records deleted before the cloud acknowledged them leave gaps in the
 // sequence; Read skips them, and the sync protocol allows gaps (sequences
@@ -191,7 +197,7 @@ func Open(path string, opts Options) (*Outbox, error) {
 	}
 	var anyDrop bool
 	o.policy, o.anyTTL, anyDrop = opts.policies()
-	o.classIndex = o.anyTTL || anyDrop && opts.QuotaBytes > 0
+	o.classIndex = o.anyTTL || anyDrop && (opts.QuotaBytes > 0 || opts.diskOn())
 	for _, p := range o.policy {
 		o.lanesUsed = o.lanesUsed || p.lane != 0
 	}

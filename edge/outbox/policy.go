@@ -149,6 +149,7 @@ var sizeSQL = `(length(payload) + octet_length(client_id) + octet_length(usernam
 // transaction before anything is written: which messages are refused and
 // which committed records are dropped.
 type quotaPlan struct {
+	disk    bool                // the limit is the free-space reserve's (diskguard.go)
 	group   [256]int64          // stored bytes of the group's kept messages, by class
 	dropped [256]int64          // stored bytes of committed records dropped, by class
 	cuts    map[uint8]*classCut // classes losing committed records or group messages
@@ -192,22 +193,23 @@ func (pl *quotaPlan) cut(class uint8) *classCut {
 }
 
 // planQuota decides, for each message of batch in order, whether it fits in
-// the quota, deleting records of DropOldest classes to make room (see the
+// quota, deleting records of DropOldest classes to make room (see the
 // comment at the top of this file). It marks refused messages, issues the
-// DELETEs in tx.
-func (o *Outbox) planQuota(ctx context.Context, tx *sql.Tx, batch []*pending) error {
+// DELETEs in tx. disk says quota is the free-space reserve's limit rather
+// than Options.QuotaBytes: refusals then wrap ErrDiskFull and drops are
+// counted by reason DropReasonDiskFull.
+func (o *Outbox) planQuota(ctx context.Context, tx *sql.Tx, batch []*pending, quota int64, disk bool) error {
 	w := &o.w
 	pl := &w.plan
 	pl.reset()
-	quota := o.opts.QuotaBytes
+	pl.disk = disk
 	held := w.bytes
 	for i, p := range batch {
 		c := p.m.Priority
 		need := held + p.stored - quota
 		if need > 0 {
 			if p.stored > quota || o.droppable(c) < need {
-				p.refused = fmt.Errorf("%w: priority %d message of %d bytes; %d of %d bytes held",
-					ErrQuotaExceeded, c, p.stored, held, quota)
+				p.refused = pl.refusal(c, p.stored, held, quota)
 				continue
 			}
 			freed, err := o.makeRoom(ctx, tx, batch[:i], c, need)
@@ -289,7 +291,7 @@ func (o *Outbox) makeRoom(ctx context.Context, tx *sql.Tx, earlier []*pending, c
 				continue
 			}
 			p.refused = fmt.Errorf("%w: priority %d message displaced by a newer message of priority %d in the same commit",
-				ErrQuotaExceeded, class, c)
+				w.plan.sentinel(), class, c)
 			w.plan.group[k] -= p.stored
 			freed += p.stored
 		}
@@ -324,4 +326,23 @@ func (o *Outbox) fetchVictims(ctx context.Context, tx *sql.Tx, class uint8, cut 
 	}
 	cut.drained = len(cut.fetched) < victimFetch
 	return nil
+}
+
+// sentinel is the error a refusal of this plan wraps.
+func (pl *quotaPlan) sentinel() error {
+	if pl.disk {
+		return ErrDiskFull
+	}
+	return ErrQuotaExceeded
+}
+
+// refusal is the error of a message of class c and stored bytes that does
+// not fit with held bytes held.
+func (pl *quotaPlan) refusal(c uint8, stored, held, quota int64) error {
+	if pl.disk {
+		return fmt.Errorf("%w: priority %d message of %d bytes: free space is below the reserve (outbox may hold %d bytes, holds %d)",
+			ErrDiskFull, c, stored, quota, held)
+	}
+	return fmt.Errorf("%w: priority %d message of %d bytes; %d of %d bytes held",
+		ErrQuotaExceeded, c, stored, held, quota)
 }

@@ -788,10 +788,11 @@ func TestClassIndexFollowsOptions(t *testing.T) {
 		want bool
 	}{
 		{Options{}, false},
-		{Options{QuotaBytes: 1 << 20}, false},  // RejectNew never reads it
-		{Options{Overflow: DropOldest}, false}, // no quota: nothing is dropped
-		{dropOldest, true},                     // built over 5 records
-		{Options{}, false},                     // dropped again
+		{Options{QuotaBytes: 1 << 20}, false},                    // RejectNew never reads it
+		{Options{Overflow: DropOldest}, true},                    // no quota, but the free-space reserve drops
+		{Options{Overflow: DropOldest, MinFreeBytes: -1}, false}, // neither: nothing is dropped
+		{dropOldest, true},                                       // built over 5 records
+		{Options{}, false},                                       // dropped again
 		{Options{Classes: map[uint8]ClassPolicy{9: {TTL: time.Hour}}}, true},
 	} {
 		o, err := Open(path, tc.opts)

@@ -33,14 +33,21 @@ type Stats struct {
 	// VacuumedPages counts pages returned to the file system.
 	VacuumedPages uint64
 
-	// Rejected counts messages refused with ErrQuotaExceeded. The records
-	// the outbox deleted before the cloud had them are counted by reason:
-	// DroppedOldest (DropReasonQuota) by a DropOldest class's overflow
-	// policy, Expired (DropReasonExpired) by TTL. Classes breaks all three
-	// down by priority class.
-	Rejected      uint64
-	DroppedOldest uint64
-	Expired       uint64
+	// Rejected counts messages refused by an overflow policy: with
+	// ErrQuotaExceeded (Options.QuotaBytes) or, RejectedDiskFull of them,
+	// with ErrDiskFull by the free-space reserve (Options.MinFreeBytes); a
+	// commit that failed on a real ENOSPC counts in FailedRows instead. The
+	// records the outbox deleted before the cloud had them are counted by
+	// reason: DroppedOldest (DropReasonQuota) by a DropOldest class's
+	// overflow policy for QuotaBytes, DroppedDiskFull (DropReasonDiskFull)
+	// by the same policy for the free-space reserve, Expired
+	// (DropReasonExpired) by TTL. Classes breaks them down by priority
+	// class.
+	Rejected         uint64
+	RejectedDiskFull uint64
+	DroppedOldest    uint64
+	DroppedDiskFull  uint64
+	Expired          uint64
 
 	// Classes holds, in ascending Priority, every class that holds records
 	// or has a non-zero counter. The slice belongs to the caller.
@@ -60,10 +67,14 @@ type ClassStats struct {
 	Records, Bytes uint64
 	// Rejected, DroppedOldest and Expired count since Open as in Stats.
 	Rejected, DroppedOldest, Expired uint64
+	// RejectedDiskFull (part of Rejected) and DroppedDiskFull count the
+	// free-space reserve's refusals and drops since Open as in Stats.
+	RejectedDiskFull, DroppedDiskFull uint64
 }
 
 func (c ClassStats) zero() bool {
-	return c.Records == 0 && c.Bytes == 0 && c.Rejected == 0 && c.DroppedOldest == 0 && c.Expired == 0
+	return c.Records == 0 && c.Bytes == 0 && c.Rejected == 0 && c.DroppedOldest == 0 && c.Expired == 0 &&
+		c.DroppedDiskFull == 0
 }
 
 // RowsPerCommit is the mean group size, 0 before the first commit.

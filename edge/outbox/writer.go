@@ -31,6 +31,7 @@ type writerState struct {
 	counts  [256]classCounters // per-class counters since Open
 	bytes   int64              // sum of classes' bytes: what QuotaBytes limits
 	plan    quotaPlan          // the current group's quota decisions
+	disk    diskGuard          // the free-space reserve (diskguard.go)
 	gone    []classDelta       // scratch for deletions by class
 
 	// expireAt is when, in Unix nanoseconds by Options.Now, the first
@@ -251,6 +252,7 @@ func (o *Outbox) commitGroup(batch []*pending) {
 	if err != nil {
 		err = fmt.Errorf("outbox: commit %d messages: %w", len(batch), classify(err))
 		o.log.Error("group commit failed", "rows", len(batch), "err", err)
+		o.diskCommitted(0, err)
 		o.mu.Lock()
 		o.st.FailedGroups++
 		o.st.FailedRows += uint64(len(batch))
@@ -268,6 +270,9 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		touched classSet
 		added   classState
 		refused uint64
+		// refusedDisk and droppedDisk are the refusals and drops of the
+		// free-space reserve (w.plan.disk).
+		refusedDisk, droppedDisk uint64
 	)
 	for _, p := range batch {
 		c := p.m.Priority
@@ -275,6 +280,10 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		if p.refused != nil {
 			w.counts[c].rejected++
 			refused++
+			if w.plan.disk {
+				w.disk.counts[c].rejected++
+				refusedDisk++
+			}
 			continue
 		}
 		d := classState{records: 1, bytes: p.stored, payload: int64(len(p.m.Payload))}
@@ -286,12 +295,18 @@ func (o *Outbox) commitGroup(batch []*pending) {
 	for c, cut := range w.plan.cuts {
 		if cut.dropped.records > 0 {
 			w.classes[c].sub(cut.dropped)
-			w.counts[c].dropped += uint64(cut.dropped.records)
+			if w.plan.disk {
+				w.disk.counts[c].dropped += uint64(cut.dropped.records)
+				droppedDisk += uint64(cut.dropped.records)
+			} else {
+				w.counts[c].dropped += uint64(cut.dropped.records)
+			}
 			dropped.add(cut.dropped)
 			touched.add(c)
 		}
 	}
 	clear(w.plan.cuts)
+	o.diskCommitted(added.bytes, nil)
 	w.bytes += added.bytes - dropped.bytes
 	w.sizes.committed(batch, g.seqs, dropped.records > 0) // acksizes.go
 	if g.rows > 0 {
@@ -304,14 +319,16 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		w.first = g.firstInserted
 	}
 	if dropped.records > 0 {
-		o.log.Debug("dropped oldest records for quota", "records", dropped.records, "bytes", dropped.bytes)
+		o.log.Debug("dropped oldest records for quota", "records", dropped.records, "bytes", dropped.bytes, "disk_full", w.plan.disk)
 		w.vacuumCheck = true
 	}
 	o.mu.Lock()
 	o.st.Records = o.st.Records + uint64(added.records) - uint64(dropped.records)
 	o.st.PayloadBytes = o.st.PayloadBytes + uint64(added.payload) - uint64(dropped.payload)
 	o.st.Rejected += refused
-	o.st.DroppedOldest += uint64(dropped.records)
+	o.st.DroppedOldest += uint64(dropped.records) - droppedDisk
+	o.st.RejectedDiskFull += refusedDisk
+	o.st.DroppedDiskFull += droppedDisk
 	o.st.FirstSeq = w.first
 	o.st.LastSeq = w.last
 	for i, p := range batch {
@@ -363,6 +380,9 @@ func (o *Outbox) publishLocked(touched *classSet) {
 			Rejected:      w.counts[c].rejected,
 			DroppedOldest: w.counts[c].dropped,
 			Expired:       w.counts[c].expired,
+
+			RejectedDiskFull: w.disk.counts[c].rejected,
+			DroppedDiskFull:  w.disk.counts[c].dropped,
 		}
 	}
 }
@@ -390,8 +410,12 @@ func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 			clear(o.w.plan.cuts)
 		}
 	}()
-	if o.opts.QuotaBytes > 0 {
-		if err := o.planQuota(ctx, tx, batch); err != nil {
+	limit, disk, err := o.groupLimit(ctx, tx)
+	if err != nil {
+		return g, err
+	}
+	if limit >= 0 {
+		if err := o.planQuota(ctx, tx, batch, limit, disk); err != nil {
 			return g, fmt.Errorf("quota: %w", err)
 		}
 	}
