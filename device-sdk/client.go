@@ -115,7 +115,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	cmd := newCommander(cfg.DeviceID, discard(), cfg.Commands, nil)
-	c := newPahoClient(cfg, cmd)
+	c := newPahoClient(cfg, cmd, mqtt.NewOrderedMemoryStore())
 	cmd.reply = publishReply(c)
 	tok := c.Connect()
 	select {
@@ -133,9 +133,10 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 
 // newPahoClient makes the paho client with cmd subscribing on every
 // connection and routing commands that arrive before the subscription is
-// renewed (a resumed session) to cmd.
-func newPahoClient(cfg Config, cmd *commander) mqtt.Client {
-	opts := clientOptions(cfg)
+// renewed (a resumed session) to cmd. store holds in-flight messages; it
+// must resend them in the order they were published.
+func newPahoClient(cfg Config, cmd *commander, store mqtt.Store) mqtt.Client {
+	opts := clientOptions(cfg).SetStore(store)
 	opts.SetOnConnectHandler(cmd.onConnect)
 	c := mqtt.NewClient(opts)
 	c.AddRoute(commandFilter(cfg.DeviceID), cmd.onMessage)
@@ -144,8 +145,7 @@ func newPahoClient(cfg Config, cmd *commander) mqtt.Client {
 
 // clientOptions are the paho options both Client and Device use: a
 // persistent session (clean session off), automatic reconnect and retried
-// first connection, in-order delivery, and an in-memory store that resends
-// in-flight messages after a reconnect in the order they were published.
+// first connection, and in-order delivery. newPahoClient adds the store.
 func clientOptions(cfg Config) *mqtt.ClientOptions {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 10 * time.Second
@@ -168,8 +168,7 @@ func clientOptions(cfg Config) *mqtt.ClientOptions {
 		SetMaxReconnectInterval(cfg.ReconnectInterval).
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetKeepAlive(cfg.KeepAlive).
-		SetOrderMatters(true).
-		SetStore(mqtt.NewOrderedMemoryStore())
+		SetOrderMatters(true)
 	if cfg.TLS != nil {
 		opts.SetTLSConfig(cfg.TLS)
 	}

@@ -94,6 +94,7 @@ type Device struct {
 	log  *slog.Logger
 	c    mqtt.Client
 	buf  *buffer
+	acks *ackStore // paho's store, signalling PUBACKs
 	cmd  *commander
 	wake chan struct{}
 	stop chan struct{}
@@ -140,7 +141,8 @@ func Open(cfg DeviceConfig) (*Device, error) {
 	d.cmd = newCommander(cfg.DeviceID, log, cfg.Commands, func(_ context.Context, topic string, payload []byte) error {
 		return d.bufferAppend(topic, payload)
 	})
-	d.c = newPahoClient(cfg.Config, d.cmd)
+	d.acks = newAckStore(mqtt.NewOrderedMemoryStore())
+	d.c = newPahoClient(cfg.Config, d.cmd, d.acks)
 	// With ConnectRetry the token completes only once connected (or at
 	// Disconnect).
 	go d.send(d.c.Connect())
@@ -251,12 +253,36 @@ func (d *Device) Close(ctx context.Context) error {
 type inflight struct {
 	seq uint64
 	tok mqtt.Token
+	// tokDone is tok.Done() until the token completes without an error,
+	// then nil: the completion was paho's resend re-claiming the packet id
+	// (see ackStore), not the PUBACK.
+	tokDone <-chan struct{}
+	// acked closes on the message's PUBACK; nil when paho assigned no
+	// packet id (then tok carries the error).
+	acked <-chan struct{}
+}
+
+// publish hands a buffered message to paho.
+func (d *Device) publish(e entry) inflight {
+	tok := d.c.Publish(e.topic, 1, false, e.payload)
+	f := inflight{seq: e.seq, tok: tok, tokDone: tok.Done()}
+	if pt, ok := tok.(*mqtt.PublishToken); ok && pt.MessageID() != 0 {
+		f.acked = d.acks.acked(pt.MessageID())
+	}
+	return f
 }
 
 // send is the sender goroutine: it keeps up to MaxInflight buffered
 // messages published and acknowledges them in the buffer, in order, as
 // their PUBACKs arrive. On a failed publish it waits RetryInterval and
 // resends from the oldest unacknowledged message.
+//
+// A message counts as acknowledged only when paho removes it from its store
+// on the PUBACK (ackStore), never because its token completed: after a
+// reconnect paho v1.5.1 completes the old token without an error as it
+// queues its own resend, and trusting that sent the next message ahead of
+// the resend (out of order) and dropped from the buffer a message the
+// gateway did not have yet.
 //
 // It publishes nothing before the first connection is complete: paho marks
 // a connection up before it resends its store, and a message published in
@@ -275,7 +301,7 @@ func (d *Device) send(connected mqtt.Token) {
 	for {
 		if len(window) < d.cfg.MaxInflight {
 			for _, e := range d.buf.next(sent, d.cfg.MaxInflight-len(window)) {
-				window = append(window, inflight{seq: e.seq, tok: d.c.Publish(e.topic, 1, false, e.payload)})
+				window = append(window, d.publish(e))
 				sent = e.seq
 			}
 		}
@@ -287,21 +313,32 @@ func (d *Device) send(connected mqtt.Token) {
 				continue
 			}
 		}
-		head := window[0]
+		head := &window[0]
+		var err error
 		select {
 		case <-d.stop:
 			return
 		case <-d.wake:
 			continue
-		case <-head.tok.Done():
+		case <-head.acked:
+		case <-head.tokDone:
+			if err = head.tok.Error(); err == nil {
+				if head.acked != nil {
+					d.log.Debug("devicesdk: publish token completed by paho's resend; waiting for the PUBACK", "seq", head.seq)
+					head.tokDone = nil
+					continue
+				}
+				// No packet id to watch (not a paho v1.5.1 token):
+				// trust the token.
+			}
 		}
-		if err := head.tok.Error(); err != nil {
+		if err != nil {
 			d.log.Warn("devicesdk: publish failed; resending after a pause", "seq", head.seq, "err", err)
 			// Resend the whole window, in order, after the pause. Tokens of
 			// the rest are abandoned; paho may still deliver them
 			// (duplicates).
-			window = window[:0]
 			sent = head.seq - 1
+			window = window[:0]
 			retry.Reset(d.cfg.RetryInterval)
 			select {
 			case <-d.stop:
@@ -311,9 +348,10 @@ func (d *Device) send(connected mqtt.Token) {
 			}
 			continue
 		}
+		seq := head.seq
 		window = window[1:]
-		if err := d.buf.ack(head.seq); err != nil {
-			d.log.Error("devicesdk: journal ack", "seq", head.seq, "err", err)
+		if err := d.buf.ack(seq); err != nil {
+			d.log.Error("devicesdk: journal ack", "seq", seq, "err", err)
 		}
 		d.signalProgress()
 	}
