@@ -12,12 +12,15 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"encoding/json"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/tributary-io/tributary/cloud/server"
 	devicesdk "github.com/tributary-io/tributary/device-sdk"
@@ -263,8 +266,108 @@ func runCommandRTT(ctx context.Context, progress io.Writer, c commandRTTConfig) 
 	res["max_ms"] = pct(1)
 	res["commands_per_s"] = float64(len(rtts)) / elapsed.Seconds()
 	res["gateway_commands"] = gw.CommandStats()
+
+	// The floor beside it: the same number of MQTT round trips through the
+	// same broker (a paho client publishes QoS 1, a second answers QoS 1),
+	// as many at a time: the device-side hops alone, under the same load.
+	fmt.Fprintf(progress, "command-rtt: MQTT ping-pong floor, %d round trips\n", c.commands)
+	floor, ffailed, err := mqttPingPong(ctx, gw.MQTTAddr(), c.commands, c.concurrency)
+	if err != nil {
+		return nil, fmt.Errorf("mqtt floor: %w", err)
+	}
+	sort.Slice(floor, func(i, j int) bool { return floor[i] < floor[j] })
+	fpct := func(p float64) float64 {
+		if len(floor) == 0 {
+			return 0
+		}
+		return float64(floor[min(int(p*float64(len(floor))), len(floor)-1)].Microseconds()) / 1000
+	}
+	res["mqtt_rtt_p50_ms"] = fpct(0.50)
+	res["mqtt_rtt_p99_ms"] = fpct(0.99)
+	res["mqtt_failed"] = ffailed
 	res["loadavg_after"] = loadAverage()
 	fmt.Fprintf(progress, "command-rtt: p50 %.1f ms, p99 %.1f ms, %d failed, %.0f commands/s\n",
 		res["p50_ms"], res["p99_ms"], failed, res["commands_per_s"])
 	return res, nil
+}
+
+// mqttPingPong measures n MQTT round trips through the broker at addr,
+// conc at a time: QoS 1 publish to bench/ping/<i>, answered by a second
+// client with a QoS 1 publish to bench/pong/<i>.
+func mqttPingPong(ctx context.Context, addr string, n, conc int) ([]time.Duration, int, error) {
+	connect := func(id string) (mqtt.Client, error) {
+		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+			SetCleanSession(true).SetAutoReconnect(false).SetOrderMatters(false))
+		if tok := c.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			return nil, fmt.Errorf("connect %s: %v", id, tok.Error())
+		}
+		return c, nil
+	}
+	echo, err := connect("bench-echo")
+	if err != nil {
+		return nil, 0, err
+	}
+	defer echo.Disconnect(0)
+	caller, err := connect("bench-caller")
+	if err != nil {
+		return nil, 0, err
+	}
+	defer caller.Disconnect(0)
+	var waiting sync.Map // suffix → chan struct{}
+	sub := func(c mqtt.Client, filter string, h mqtt.MessageHandler) error {
+		tok := c.Subscribe(filter, 1, h)
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			return fmt.Errorf("subscribe %s: %v", filter, tok.Error())
+		}
+		return nil
+	}
+	if err := sub(echo, "bench/ping/#", func(c mqtt.Client, m mqtt.Message) {
+		c.Publish("bench/pong/"+strings.TrimPrefix(m.Topic(), "bench/ping/"), 1, false, m.Payload())
+	}); err != nil {
+		return nil, 0, err
+	}
+	if err := sub(caller, "bench/pong/#", func(_ mqtt.Client, m mqtt.Message) {
+		if ch, ok := waiting.LoadAndDelete(strings.TrimPrefix(m.Topic(), "bench/pong/")); ok {
+			ch.(chan struct{}) <- struct{}{}
+		}
+	}); err != nil {
+		return nil, 0, err
+	}
+	var next atomic.Int64
+	var mu sync.Mutex
+	var rtts []time.Duration
+	failed := 0
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				key := strconv.Itoa(i)
+				ch := make(chan struct{}, 1)
+				waiting.Store(key, ch)
+				start := time.Now()
+				caller.Publish("bench/ping/"+key, 1, false, `{"n":`+key+`}`)
+				t := time.NewTimer(30 * time.Second)
+				select {
+				case <-ch:
+					mu.Lock()
+					rtts = append(rtts, time.Since(start))
+					mu.Unlock()
+				case <-t.C:
+					waiting.Delete(key)
+					mu.Lock()
+					failed++
+					mu.Unlock()
+				}
+				t.Stop()
+			}
+		}()
+	}
+	wg.Wait()
+	return rtts, failed, nil
 }
