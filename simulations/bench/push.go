@@ -43,8 +43,8 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 	dur := fs.Duration("duration", 10*time.Second, "how long each phase appends")
 	devices := fs.Int("devices", 1000, "distinct subjects (devices); order is checked per subject")
 	backlog := fs.Int("backlog", 4096, "the appender keeps at most this many events appended but not delivered (so the rate is what the sink keeps up with)")
-	fixedRate := fs.Float64("fixed-rate", 2000, "events/s appended in the fixed-rate phase, which measures latency without a backlog (ordered, binary mode); 0 skips it")
-	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each phase to this `file` name with the phase (-ordered, -ordered-batch, -fanout, -fanout-batch, -ordered-fixed-rate) before its extension")
+	fixedRate := fs.Float64("fixed-rate", 2000, "events/s appended in the fixed-rate phases, which measure latency without a backlog (ordered, binary and batch mode); 0 skips them")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of each phase to this `file` name with the phase (-ordered, -ordered-batch, -fanout, -fanout-batch, -ordered-fixed-rate, -ordered-batch-fixed-rate) before its extension")
 	return func(ctx context.Context, progress io.Writer) (map[string]any, error) {
 		dir, err := os.MkdirTemp("", "tributary-bench-push-")
 		if err != nil {
@@ -88,7 +88,12 @@ func pushFlags(fs *flag.FlagSet) func(context.Context, io.Writer) (map[string]an
 				subs       int
 				suffix     string
 				rate       float64
-			}{"ordered-fixed-rate", "", 1, "_fixed_rate", *fixedRate})
+			}{"ordered-fixed-rate", "", 1, "_fixed_rate", *fixedRate}, struct {
+				name, mode string
+				subs       int
+				suffix     string
+				rate       float64
+			}{"ordered-batch-fixed-rate", dispatch.ModeBatch, 1, "_batch_fixed_rate", *fixedRate})
 			res["fixed_rate"] = *fixedRate
 		}
 		for _, ph := range phases {
