@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	devicesdk "github.com/tributary-io/tributary/device-sdk"
 
 	"github.com/tributary-io/tributary/cloud/server"
 	"github.com/tributary-io/tributary/simulations/procs"
@@ -115,7 +118,21 @@ func commandDevice(t *testing.T, addr, id string, clean bool) mqtt.Client {
 func TestCommandThroughProcesses(t *testing.T) {
 	f := startCommandFabric(t)
 	waitGatewayLinked(t, f.cloud, "gw-1")
-	commandDevice(t, f.edge.MQTTAddr, "dev-1", true)
+	// This device is the device SDK's Client with a handler.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sdk, err := devicesdk.Connect(ctx, devicesdk.Config{
+		Broker: "tcp://" + f.edge.MQTTAddr, DeviceID: "dev-1",
+		Commands: map[string]devicesdk.CommandHandler{
+			"reboot": func(_ context.Context, cmd devicesdk.Command) (int, any, error) {
+				return 200, map[string]any{"device": "dev-1", "command": cmd.Name, "echo": json.RawMessage(cmd.Payload)}, nil
+			},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdk.Close(time.Second)
 
 	code, r := postCommand(t, f.cloud, "gw-1", "dev-1", "reboot", "timeout=20s", `{"delay":3}`)
 	if code != http.StatusOK || r.Status != "replied" || r.ReplyStatus != 200 {
