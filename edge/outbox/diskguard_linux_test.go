@@ -301,3 +301,113 @@ func TestDiskReserveRejectNewDeletesNothing(t *testing.T) {
 	integrity(t, o)
 	checkAccounting(t, o)
 }
+
+// TestDiskReserveExternalFill: another program fills the file system to the
+// last byte between two measurements. Appends then fail with ErrDiskFull (a
+// real ENOSPC, or a reserve refusal) and nothing else, the database stays
+// intact and nothing acknowledged is lost except counted drops. Once the
+// other program frees some space, though less than the reserve, the
+// DropOldest class accepts again by dropping its oldest records, and a
+// reopen finds exactly the newest acknowledged messages.
+func TestDiskReserveExternalFill(t *testing.T) {
+	const (
+		fsSize  = 4 << 20
+		reserve = 768 << 10
+	)
+	mnt := mountTmpfs(t, fsSize)
+	path := filepath.Join(mnt, "outbox.db")
+	opts := Options{MinFreeBytes: reserve, Overflow: DropOldest, CheckpointBytes: 64 << 10, JournalSizeLimit: 512 << 10}
+	o, err := Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { o.Close() }()
+	ctx := context.Background()
+	var acked []storedMsg
+	i := 0
+	appendOne := func() error {
+		m := diskMsg(1, i)
+		i++
+		seq, err := o.AppendWait(ctx, m)
+		if err == nil {
+			acked = append(acked, storedMsg{seq, m})
+		}
+		return err
+	}
+	for range 150 {
+		if err := appendOne(); err != nil {
+			t.Fatalf("append %d on an empty file system: %v", i, err)
+		}
+	}
+
+	// The other program takes every byte left.
+	ballast, err := os.Create(filepath.Join(mnt, "ballast"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ballast.Close()
+	chunk := make([]byte, 4096)
+	var filled int64
+	for {
+		n, err := ballast.Write(chunk)
+		filled += int64(n)
+		if err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling: %v", err)
+			}
+			break
+		}
+	}
+	failed := 0
+	for range 30 {
+		switch err := appendOne(); {
+		case err == nil:
+		case errors.Is(err, ErrDiskFull):
+			failed++
+		default:
+			t.Fatalf("append %d on a full file system: %v, want nil or ErrDiskFull", i, err)
+		}
+	}
+	st := o.Stats()
+	t.Logf("file system filled by %d bytes of ballast: %d of 30 appends refused; %+v", filled, failed, st)
+	if uint64(failed) != st.FailedRows+st.RejectedDiskFull {
+		t.Fatalf("%d refused, stats count %d failed + %d rejected", failed, st.FailedRows, st.RejectedDiskFull)
+	}
+	integrity(t, o)
+
+	// The other program gives back less than the reserve.
+	if err := ballast.Truncate(filled - (reserve - 128<<10)); err != nil {
+		t.Fatal(err)
+	}
+	for range 300 {
+		if err := appendOne(); err != nil {
+			t.Fatalf("append %d with free space back but below the reserve: %v (stats %+v)", i, err, o.Stats())
+		}
+	}
+	st = o.Stats()
+	t.Logf("after 300 more: %+v", st)
+	if st.DroppedDiskFull == 0 || st.Records+st.DroppedDiskFull != uint64(len(acked)) {
+		t.Fatalf("%d acknowledged: %d held + %d dropped for the disk", len(acked), st.Records, st.DroppedDiskFull)
+	}
+	checkNewest := func(o *Outbox) {
+		t.Helper()
+		recs := readAll(t, o, 0)
+		want := acked[len(acked)-len(recs):]
+		for k, r := range recs {
+			if r.Seq != want[k].seq || !equalMessage(r.Message, want[k].m) {
+				t.Fatalf("held record %d: seq %d, want seq %d and its message (only the oldest may be dropped)", k, r.Seq, want[k].seq)
+			}
+		}
+	}
+	checkNewest(o)
+	integrity(t, o)
+	if err := o.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if o, err = Open(path, opts); err != nil {
+		t.Fatal(err)
+	}
+	integrity(t, o)
+	checkNewest(o)
+	checkAccounting(t, o)
+}
