@@ -372,32 +372,13 @@ func (h *commandHub) handlePost(w http.ResponseWriter, r *http.Request) {
 	if !wait {
 		view, _ := h.get(v.RequestID)
 		writeJSON(w, http.StatusAccepted, view)
+		// Nobody waits, but the request is still sent again until the
+		// gateway takes it (or it expires).
+		go h.follow(context.Background(), c, gw, req, expiry)
 		return
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	// A request lost with its session (the link dropped before the
-	// gateway's ACCEPTED) is sent again while the caller waits; the
-	// gateway executes a request id once.
-	resend := time.NewTicker(h.resend)
-	defer resend.Stop()
-wait:
-	for {
-		select {
-		case <-c.done:
-			break wait
-		case <-t.C:
-			break wait
-		case <-r.Context().Done():
-			return
-		case <-resend.C:
-			h.mu.Lock()
-			unacked := c.rank == 0
-			h.mu.Unlock()
-			if unacked {
-				_ = h.sender(r.Context(), gw, req)
-			}
-		}
+	if !h.follow(r.Context(), c, gw, req, timeout) {
+		return // the caller went away
 	}
 	h.mu.Lock()
 	view := c.view
@@ -423,6 +404,34 @@ wait:
 			}
 		}
 		writeJSON(w, http.StatusGatewayTimeout, view)
+	}
+}
+
+// follow waits until c is final or d passed (true) or ctx ended (false).
+// Meanwhile a request the gateway has not accepted (lost with its session,
+// the link having dropped before ACCEPTED) is sent again every h.resend;
+// the gateway executes a request id once.
+func (h *commandHub) follow(ctx context.Context, c *cloudCommand, gw string, req *syncv1.CommandRequest, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	resend := time.NewTicker(h.resend)
+	defer resend.Stop()
+	for {
+		select {
+		case <-c.done:
+			return true
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-resend.C:
+			h.mu.Lock()
+			unaccepted := c.rank == 0
+			h.mu.Unlock()
+			if unaccepted {
+				_ = h.sender(ctx, gw, req)
+			}
+		}
 	}
 }
 

@@ -28,12 +28,13 @@ type fakeLink struct {
 func (f *fakeLink) send(_ context.Context, _ string, req *syncv1.CommandRequest) error {
 	f.mu.Lock()
 	f.reqs = append(f.reqs, req)
+	err, respond := f.err, f.respond
 	f.mu.Unlock()
-	if f.err != nil {
-		return f.err
+	if err != nil {
+		return err
 	}
-	if f.respond != nil {
-		go f.respond(req)
+	if respond != nil {
+		go respond(req)
 	}
 	return nil
 }
@@ -153,23 +154,29 @@ func TestCommandAPITimeoutsAndFailures(t *testing.T) {
 		t.Fatalf("timeout while accepted: %d %v", code, v)
 	}
 
+	fl.mu.Lock()
 	fl.respond = func(req *syncv1.CommandRequest) {
 		st := cmdStatus("gw-1", req.GetRequestId(), syncv1.CommandState_COMMAND_STATE_EXPIRED)
 		st.Reason = "device offline until expiry"
 		h.onStatus("gw-1", st)
 	}
+	fl.mu.Unlock()
 	code, _, v = postCmd(t, srv, "/v1/gateways/gw-1/devices/dev-1/commands/reboot?timeout=20s", "application/json", `{}`)
 	if code != http.StatusGatewayTimeout || v["status"] != "expired" || v["reason"] != "device offline until expiry" {
 		t.Fatalf("expired: %d %v", code, v)
 	}
 
+	fl.mu.Lock()
 	fl.respond = nil
+	fl.mu.Unlock()
 	code, hdr, v := postCmd(t, srv, "/v1/gateways/gw-1/devices/dev-1/commands/reboot?wait=false", "application/json", `[1,2]`)
 	if code != http.StatusAccepted || hdr.Get("Location") != "/v1/commands/"+v["request_id"].(string) || v["status"] != "sent" {
 		t.Fatalf("wait=false: %d %v %v", code, hdr, v)
 	}
 
+	fl.mu.Lock()
 	fl.err = link.ErrGatewayOffline
+	fl.mu.Unlock()
 	code, _, v = postCmd(t, srv, "/v1/gateways/gw-9/devices/dev-1/commands/reboot", "application/json", `{}`)
 	if code != http.StatusServiceUnavailable || v["code"] != "gateway_offline" {
 		t.Fatalf("offline: %d %v", code, v)
