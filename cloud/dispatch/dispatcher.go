@@ -19,7 +19,10 @@
 // a time (Replay); events can be delayed (the deliverat extension, the delay
 // setting) and a subscription rate-limited (schedule.go); a transformation in
 // CEL can reshape events before they are sent (transform.go); and Tail reads
-// the log as a pull consumer for the streaming API.
+// the log as a pull consumer for the streaming API. In batch mode
+// (batch.go) a lane sends the events it has queued in one request, in the
+// CloudEvents JSON batch format; subscriptions share decoded events
+// (decodecache.go) so a record is decoded once, not once per subscription.
 //
 // Goroutines and locks: Dispatcher.admin serialises the calls that replace a
 // runner (Add, Update, Remove, Replay, Redrive) and is taken before

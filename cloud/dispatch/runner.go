@@ -29,8 +29,9 @@ type Stats struct {
 	LowWater uint64
 	// ReadOffset is the next log offset the reader will take.
 	ReadOffset uint64
-	// Delivered counts 2xx answers; Retries counts failed attempts that were
-	// retried; DeadLettered counts events appended to the dead-letter topic;
+	// Delivered counts events the sink accepted (2xx); Retries counts
+	// failed attempts that were retried (in batch mode one attempt carries
+	// a batch); DeadLettered counts events appended to the dead-letter topic;
 	// Filtered counts events the filters rejected.
 	Delivered, Retries, DeadLettered, Filtered uint64
 	// SkippedByRetention counts offsets the log removed before they were read.
