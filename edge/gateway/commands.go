@@ -116,10 +116,10 @@ type commandStore struct {
 	cmds    map[string]*gwCommand
 	open    map[string]*gwCommand // the unfinished ones among cmds
 	swept   time.Time             // the last retention sweep
-	dirty   map[string]bool // changed, not yet committed
-	deleted map[string]bool // to delete
-	after   []*gwCommand    // statuses to send after the next commit
-	online  map[string]bool // devices to try publishing to
+	dirty   map[string]bool       // changed, not yet committed
+	deleted map[string]bool       // to delete
+	after   []*gwCommand          // statuses to send after the next commit
+	online  map[string]bool       // devices to try publishing to
 	started bool
 	wake    chan struct{} // cap 1
 
