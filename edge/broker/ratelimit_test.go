@@ -181,7 +181,9 @@ func TestPublishRateMQTT311(t *testing.T) {
 			t.Errorf("slow-%d not stored", i)
 		}
 	}
-	if st := b.Stats(); st.RateLimited != 0 || st.Rejected != 0 || st.Throttled < 2 {
+	// Throttled is 1 or 2: the fourth publish may be read only after the
+	// clock moved a second time.
+	if st := b.Stats(); st.RateLimited != 0 || st.Rejected != 0 || st.Throttled == 0 {
 		t.Errorf("stats: rate limited %d, rejected %d, throttled %d", st.RateLimited, st.Rejected, st.Throttled)
 	}
 }
