@@ -9,8 +9,9 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
-// ackStore is paho's outbound message store with a signal for each QoS 1
-// publish when the gateway's PUBACK removes it.
+// ackStore is paho's message store (an OrderedMemoryStore: resends in
+// publish order) with a signal for each outbound QoS 1 publish when the
+// gateway's PUBACK removes it, and publishes stored as copies (see Put).
 //
 // Why not the publish token: in paho v1.5.1 with a persistent session and
 // automatic reconnect, a connection loss does not fail the tokens of
@@ -61,9 +62,20 @@ func outboundID(key string) (uint16, bool) {
 // Put stores the message and, for an outbound QoS 1 publish, starts
 // waiting for its PUBACK (a re-put of a pending id keeps waiting on the same
 // channel).
+//
+// A publish is stored as a copy. paho v1.5.1 stores the very packet it
+// sends, and at a reconnect resume() sets Dup on the stored packet and
+// sends it; if the Publish call that made it was still waiting to hand the
+// same packet to the connection when the old one failed, the new
+// connection writes that packet while resume() writes its Dup flag (a data
+// race the race detector reports, and two writers of RemainingLength).
+// With a copy, paho's resend and the original send are separate packets.
+// The payload is shared: nothing writes it.
 func (s *ackStore) Put(key string, m packets.ControlPacket) {
-	if p, ok := m.(*packets.PublishPacket); ok && p.Qos == 1 {
-		if id, ok := outboundID(key); ok {
+	if p, ok := m.(*packets.PublishPacket); ok {
+		c := *p
+		m = &c
+		if id, ok := outboundID(key); ok && p.Qos == 1 {
 			s.mu.Lock()
 			if _, ok := s.pending[id]; !ok {
 				s.pending[id] = make(chan struct{})

@@ -115,7 +115,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		return nil, err
 	}
 	cmd := newCommander(cfg.DeviceID, discard(), cfg.Commands, nil)
-	c := newPahoClient(cfg, cmd, mqtt.NewOrderedMemoryStore())
+	c := newPahoClient(cfg, cmd, newAckStore(mqtt.NewOrderedMemoryStore()))
 	cmd.reply = publishReply(c)
 	tok := c.Connect()
 	select {

@@ -322,14 +322,16 @@ func (d *Device) send(connected mqtt.Token) {
 			continue
 		case <-head.acked:
 		case <-head.tokDone:
-			if err = head.tok.Error(); err == nil {
-				if head.acked != nil {
+			// Without an error and without a packet id to watch (not a
+			// paho v1.5.1 token), the token is all there is: trust it.
+			if err = head.tok.Error(); err == nil && head.acked != nil {
+				select {
+				case <-head.acked: // paho deletes on the PUBACK before completing the token
+				default:
 					d.log.Debug("devicesdk: publish token completed by paho's resend; waiting for the PUBACK", "seq", head.seq)
 					head.tokDone = nil
 					continue
 				}
-				// No packet id to watch (not a paho v1.5.1 token):
-				// trust the token.
 			}
 		}
 		if err != nil {
