@@ -1,7 +1,10 @@
 package e2e_test
 
 import (
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
@@ -75,9 +78,10 @@ func propSeeds() ([]uint64, error) {
 }
 
 const (
-	propDevices   = 4
-	propPerDevice = 100_000 // a bound on each device's messages (it publishes until the schedule ends)
-	propInFlight  = 8       // unacknowledged publishes per device
+	propDevices      = 4
+	propPerDevice    = 100_000 // a bound on each device's messages (it publishes until the schedule ends)
+	propInFlight     = 8       // unacknowledged publishes per device
+	propPayloadBytes = 1000    // about; incompressible
 )
 
 func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
@@ -100,7 +104,7 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 	stop := make(chan struct{})
 	var devs sync.WaitGroup
 	for i := range propDevices {
-		d := &propDevice{id: fmt.Sprintf("device-%02d", i), addr: mqttAddr, led: led}
+		d := &propDevice{id: fmt.Sprintf("device-%02d", i), addr: mqttAddr, led: led, rnd: rand.New(rand.NewPCG(seed, uint64(i)))}
 		devs.Add(1)
 		go func() { defer devs.Done(); d.run(stop) }()
 		t.Cleanup(d.close)
@@ -224,8 +228,22 @@ type propDevice struct {
 	addr string
 	led  *ledger.Ledger
 
+	rnd *rand.Rand // the payloads' padding; used by run's goroutine only
+
 	mu sync.Mutex
 	c  mqtt.Client
+}
+
+// payload is a ledger payload of about propPayloadBytes whose padding is
+// random hex, so batches do not compress to a few datagrams and the
+// relay's faults hit many packets.
+func (d *propDevice) payload(n uint64, sent time.Time) []byte {
+	pad := make([]byte, propPayloadBytes/2)
+	for i := range pad {
+		pad[i] = byte(d.rnd.Uint32())
+	}
+	b, _ := json.Marshal(ledger.Payload{Device: d.id, N: n, Sent: sent.UnixNano(), Pad: hex.EncodeToString(pad)})
+	return b
 }
 
 func (d *propDevice) run(stop <-chan struct{}) {
@@ -252,7 +270,7 @@ func (d *propDevice) run(stop <-chan struct{}) {
 		k := ledger.Key{Device: d.id, N: n}
 		now := time.Now()
 		d.led.Published(k, now)
-		tok := c.Publish("devices/"+d.id+"/telemetry", 1, false, ledger.MakePayload(d.id, n, now, 200))
+		tok := c.Publish("devices/"+d.id+"/telemetry", 1, false, d.payload(n, now))
 		n++
 		pending.Add(1)
 		go func() {
