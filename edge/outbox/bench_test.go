@@ -32,6 +32,8 @@ func BenchmarkAppend(b *testing.B) {
 //	drop-oldest:  a full outbox where every message drops the oldest record
 //	              (a DELETE and an index lookup per group, in the commit)
 //	reject-new:   a full outbox refusing every message (no insert at all)
+//	reserve-off:  as off, without the free-space reserve (off measures it
+//	              on a disk far from full: a statfs every 64 groups or 1 s)
 func BenchmarkAppendPolicy(b *testing.B) {
 	const prefill = 20000
 	size := benchMessage(0, nil).StoredSize() + 200
@@ -41,6 +43,7 @@ func BenchmarkAppendPolicy(b *testing.B) {
 		prefill int
 	}{
 		{"off", Options{}, 0},
+		{"reserve-off", Options{MinFreeBytes: -1}, 0},
 		{"quota", Options{QuotaBytes: 1 << 40}, 0},
 		{"ttl", Options{TTL: time.Hour}, 0},
 		{"drop-oldest", Options{QuotaBytes: prefill * size, Overflow: DropOldest}, prefill},
