@@ -116,6 +116,10 @@ type commandHub struct {
 	cmds  map[string]*cloudCommand
 	order []string // request ids, oldest first
 
+	quit      chan struct{} // closed by close: followers stop
+	closeOnce sync.Once
+	followers sync.WaitGroup
+
 	sent     prometheus.Counter
 	finished *prometheus.CounterVec
 	rtt      prometheus.Histogram
@@ -124,6 +128,7 @@ type commandHub struct {
 func newCommandHub(audit commitlog.Log, logger *slog.Logger) *commandHub {
 	return &commandHub{
 		log: logger, now: time.Now, audit: audit, cmds: map[string]*cloudCommand{}, resend: commandResend,
+		quit: make(chan struct{}),
 		sent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "tributary_commands_sent_total", Help: "Commands sent to gateways.",
 		}),
@@ -135,6 +140,16 @@ func newCommandHub(audit commitlog.Log, logger *slog.Logger) *commandHub {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}),
 	}
+}
+
+// close stops the followers of wait=false commands and waits for them;
+// callers still waiting get their answer as at a timeout. Nil-safe.
+func (h *commandHub) close() {
+	if h == nil {
+		return
+	}
+	h.closeOnce.Do(func() { close(h.quit) })
+	h.followers.Wait()
 }
 
 func (h *commandHub) collectors() []prometheus.Collector {
@@ -374,7 +389,11 @@ func (h *commandHub) handlePost(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusAccepted, view)
 		// Nobody waits, but the request is still sent again until the
 		// gateway takes it (or it expires).
-		go h.follow(context.Background(), c, gw, req, expiry)
+		h.followers.Add(1)
+		go func() {
+			defer h.followers.Done()
+			h.follow(context.Background(), c, gw, req, expiry)
+		}()
 		return
 	}
 	if !h.follow(r.Context(), c, gw, req, timeout) {
@@ -407,7 +426,8 @@ func (h *commandHub) handlePost(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// follow waits until c is final or d passed (true) or ctx ended (false).
+// follow waits until c is final, d passed or the hub closes (true), or ctx
+// ended (false).
 // Meanwhile a request the gateway has not accepted (lost with its session,
 // the link having dropped before ACCEPTED) is sent again every h.resend;
 // the gateway executes a request id once.
@@ -424,6 +444,8 @@ func (h *commandHub) follow(ctx context.Context, c *cloudCommand, gw string, req
 			return true
 		case <-ctx.Done():
 			return false
+		case <-h.quit:
+			return true
 		case <-resend.C:
 			h.mu.Lock()
 			unaccepted := c.rank == 0

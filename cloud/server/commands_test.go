@@ -49,6 +49,7 @@ func newTestHub(t *testing.T, fl *fakeLink, now time.Time) (*commandHub, *httpte
 	mux.HandleFunc("GET /v1/commands/{request_id}", h.handleGet)
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
+	t.Cleanup(h.close) // runs first: stops the followers of wait=false commands
 	return h, srv
 }
 

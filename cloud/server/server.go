@@ -275,6 +275,7 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		var errs []error
 		errs = append(errs, s.closeDeviceState()) // before the log closes
+		s.cmds.close()                            // commands.go
 		if s.sync != nil {
 			errs = append(errs, s.sync.Close())
 		}
