@@ -242,3 +242,46 @@ func runClient(t *testing.T, c *Client) {
 		}
 	})
 }
+
+// TestCommandFramesRefused: a gateway that did not set accepts_commands
+// sending a CommandStatus, and one sending an invalid CommandStatus or a
+// cloud-side frame, closes its session with a protocol error.
+func TestCommandFramesRefused(t *testing.T) {
+	p := newPKI(t)
+	var log statusLog
+	cfg := serverConfig(t, p)
+	cfg.OnCommandStatus = log.on
+	srv := startServer(t, cfg, newLogSink(), nil)
+	hello := func(commands bool) *syncv1.Frame {
+		return &syncv1.Frame{Body: &syncv1.Frame_Hello{Hello: &syncv1.Hello{ProtocolVersion: syncv1.Version_VERSION_1, GatewayId: "gw-1", AcceptsCommands: commands}}}
+	}
+	valid := &syncv1.CommandStatus{RequestId: "r1", State: syncv1.CommandState_COMMAND_STATE_ACCEPTED}
+	for _, tt := range []struct {
+		name     string
+		commands bool
+		frame    *syncv1.Frame
+	}{
+		{"status without accepts_commands", false, &syncv1.Frame{Body: &syncv1.Frame_CommandStatus{CommandStatus: valid}}},
+		{"status without request id", true, &syncv1.Frame{Body: &syncv1.Frame_CommandStatus{CommandStatus: &syncv1.CommandStatus{State: syncv1.CommandState_COMMAND_STATE_ACCEPTED}}}},
+		{"status with state 0", true, &syncv1.Frame{Body: &syncv1.Frame_CommandStatus{CommandStatus: &syncv1.CommandStatus{RequestId: "r1"}}}},
+		{"status with state 99", true, &syncv1.Frame{Body: &syncv1.Frame_CommandStatus{CommandStatus: &syncv1.CommandStatus{RequestId: "r1", State: 99}}}},
+		{"request from a gateway", true, &syncv1.Frame{Body: &syncv1.Frame_CommandRequest{CommandRequest: commandRequest("r1")}}},
+		{"status ack from a gateway", true, &syncv1.Frame{Body: &syncv1.Frame_CommandStatusAck{CommandStatusAck: &syncv1.CommandStatusAck{RequestId: "r1", State: 1}}}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, str := rawConn(t, srv.Addr().String(), p.clientTLS(t, "gw-1", nil))
+			writeFrame(t, str, hello(tt.commands))
+			if f := readFrame(t, str); f.GetWelcome() == nil {
+				t.Fatalf("expected Welcome, got %v", f)
+			}
+			writeFrame(t, str, tt.frame)
+			expectError(t, conn, str, syncv1.ErrorCode_ERROR_CODE_PROTOCOL)
+		})
+	}
+	log.mu.Lock()
+	n := len(log.got)
+	log.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d refused statuses reached OnCommandStatus", n)
+	}
+}
