@@ -77,7 +77,6 @@ func BenchmarkDrainRead(b *testing.B) {
 	}
 }
 
-
 // processCPU is the user and system CPU time of the process, in ns.
 func processCPU() int64 {
 	var ru syscall.Rusage
