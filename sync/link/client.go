@@ -74,9 +74,10 @@ type ClientConfig struct {
 	LocalAddr string
 	// DisableZeroRTT turns off session resumption: every session does a
 	// full handshake and sends its Hello after it. Zero (false) resumes
-	// with TLS session tickets and sends the Hello as 0-RTT data (see
-	// dial.go for why that is safe). A ClientSessionCache set in TLS is
-	// used as is.
+	// with TLS session tickets and 0-RTT; the Hello waits for the resumed
+	// handshake to complete, because of a data race in quic-go when a
+	// stream is opened during 0-RTT (see openOnce in dial.go). A
+	// ClientSessionCache set in TLS is used as is.
 	DisableZeroRTT bool
 	// OnState, if set, is called on every state change, from Run's
 	// goroutine; err is why a session ended (nil otherwise). It must not
