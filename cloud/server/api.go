@@ -14,6 +14,7 @@ import (
 	format "github.com/cloudevents/sdk-go/binding/format/protobuf/v2"
 
 	"github.com/tributary-io/tributary/cloud/commitlog"
+	"github.com/tributary-io/tributary/sync/link"
 )
 
 // maxReadLimit bounds one /v1/events page.
@@ -21,10 +22,13 @@ const maxReadLimit = 10000
 
 // LogEntry is one central-log record as the API shows it.
 type LogEntry struct {
-	Offset      uint64          `json:"offset"`
-	Time        time.Time       `json:"time"`
-	Topic       string          `json:"topic"`
-	Gateway     string          `json:"gateway,omitempty"`
+	Offset  uint64    `json:"offset"`
+	Time    time.Time `json:"time"`
+	Topic   string    `json:"topic"`
+	Gateway string    `json:"gateway,omitempty"`
+	// Lane is the gateway's priority lane (0, the default lane, is
+	// omitted); GatewaySeq is the record's outbox sequence in its gateway.
+	Lane        uint32          `json:"lane,omitempty"`
 	GatewaySeq  uint64          `json:"gateway_seq,omitempty"`
 	Event       json.RawMessage `json:"event"`
 	DecodeError string          `json:"decode_error,omitempty"`
@@ -112,7 +116,8 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	page := EventsPage{Events: make([]LogEntry, 0, len(recs)), Next: from, First: s.clog.FirstOffset(), End: s.clog.NextOffset()}
 	for _, rec := range recs {
-		e := LogEntry{Offset: rec.Offset, Time: rec.Time, Topic: rec.Topic, Gateway: rec.Producer, GatewaySeq: rec.ProducerSeq}
+		gw, lane := link.ParseLaneProducer(rec.Producer)
+		e := LogEntry{Offset: rec.Offset, Time: rec.Time, Topic: rec.Topic, Gateway: gw, Lane: lane, GatewaySeq: rec.ProducerSeq}
 		if ev, err := DecodeEvent(rec.Value); err != nil {
 			e.DecodeError = err.Error()
 		} else {
@@ -126,9 +131,18 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleGateway(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	// Each priority lane is deduplicated on its own: report the marks of
+	// the lanes that have any (lane 0's is high_water_mark).
+	lanes := map[string]uint64{}
+	for lane := uint32(1); lane < link.MaxLanes; lane++ {
+		if hwm := s.clog.HighWaterMark(link.LaneProducer(id, lane)); hwm > 0 {
+			lanes[strconv.FormatUint(uint64(lane), 10)] = hwm
+		}
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id":              id,
 		"high_water_mark": s.clog.HighWaterMark(id),
+		"lanes":           lanes,
 	})
 }
 
