@@ -426,7 +426,11 @@ func (o *Outbox) ReadSync(lane int, after uint64, maxRecords, maxBytes int) ([]R
 		}
 		total += size
 		if out == nil {
-			out = make([]Record, 0, min(maxRecords, DefaultReadRecords))
+			// Small first: a live link reads a record or two at a time,
+			// and a full-size slice per read was a tenth of the gateway's
+			// CPU (garbage) under commands and light traffic; a drain's
+			// reads grow it by doubling.
+			out = make([]Record, 0, min(maxRecords, 16))
 		}
 		out = append(out, r)
 	}
