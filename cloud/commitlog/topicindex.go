@@ -25,6 +25,10 @@ type topicIndex map[string]*topicOffsets
 const topicBlockLen = 128
 
 type topicOffsets struct {
+	// last is the topic's newest offset (blocks[len-1].last), beside the
+	// slice header so that a reader polling a topic with nothing new (the
+	// common case with many topics) touches one cache line of it.
+	last   uint64
 	blocks []offsetBlock
 }
 
@@ -57,6 +61,7 @@ func (ti topicIndex) addBytes(topic []byte, off uint64) {
 }
 
 func (t *topicOffsets) add(off uint64) {
+	t.last = off
 	if k := len(t.blocks); k > 0 && t.blocks[k-1].n < topicBlockLen {
 		b := &t.blocks[k-1]
 		b.deltas = binary.AppendUvarint(b.deltas, off-b.last)
@@ -69,11 +74,10 @@ func (t *topicOffsets) add(off uint64) {
 
 // collect appends to out the offsets in [from, end), at most max of them.
 func (t *topicOffsets) collect(from, end uint64, max int, out []uint64) []uint64 {
-	k := len(t.blocks)
-	if k == 0 || t.blocks[k-1].last < from {
+	if t.last < from || len(t.blocks) == 0 {
 		return out // the common case of a reader polling many topics
 	}
-	i := k - 1 // a reader following the topic wants its last block
+	i := len(t.blocks) - 1 // a reader following the topic wants its last block
 	if t.blocks[i].first > from {
 		i = sort.Search(len(t.blocks), func(i int) bool { return t.blocks[i].last >= from })
 	}
