@@ -109,6 +109,10 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 		go func() { defer devs.Done(); d.run(stop) }()
 		t.Cleanup(d.close)
 	}
+	// Stop the devices before the processes go, also when the test fails
+	// half-way through the schedule.
+	stopDevices := sync.OnceFunc(func() { close(stop); devs.Wait() })
+	t.Cleanup(stopDevices)
 
 	// Apply the schedule in real time.
 	start := time.Now()
@@ -139,8 +143,7 @@ func runFaultSchedule(t *testing.T, seed uint64, span time.Duration) {
 		}
 		did[f.Kind]++
 	}
-	close(stop)
-	devs.Wait() // every publish acknowledged or failed
+	stopDevices() // every publish is now acknowledged or failed
 	r.relay.SetImpairment(faultnet.Impairment{}, faultnet.Impairment{})
 	r.relay.Blackhole(0)
 	faultsTook := time.Since(start)
