@@ -503,7 +503,7 @@ func (o *Outbox) Close() error {
 // goes last: as the last connection it checkpoints and removes the WAL.
 func (o *Outbox) closeHandles() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{o.insert, o.readStmt, o.readLaneStmt, o.readSyncStmt, o.readSyncLaneStmt} {
+	for _, st := range append([]*sql.Stmt{o.insert, o.readStmt, o.readLaneStmt, o.readSyncStmt, o.readSyncLaneStmt}, o.w.inserts[:]...) {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

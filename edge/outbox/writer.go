@@ -13,6 +13,11 @@ type writerState struct {
 	carry *pending // taken from the queue but left for the next group (byte cap)
 	batch []*pending
 	seqs  []uint64
+	// inserts, rows and args are insertRows' prepared multi-row statements
+	// (by insertSizes index) and reused buffers.
+	inserts [len(insertSizes)]*sql.Stmt
+	rows    []int
+	args    []any
 
 	first, last uint64 // lowest held seq (0 if none), highest committed seq
 	acked       uint64 // every seq <= acked is deleted
@@ -400,6 +405,9 @@ type groupResult struct {
 // drops), then the inserts. On error the transaction is rolled back.
 func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 	ctx := context.Background()
+	if err := o.prepareInserts(ctx); err != nil {
+		return g, err
+	}
 	tx, err := o.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return g, fmt.Errorf("begin: %w", err)
@@ -419,43 +427,9 @@ func (o *Outbox) insertGroup(batch []*pending) (g groupResult, err error) {
 			return g, fmt.Errorf("quota: %w", err)
 		}
 	}
-	stmt := tx.StmtContext(ctx, o.insert)
-	seqs := o.w.seqs[:0]
-	prev := o.w.last
-	for _, p := range batch {
-		if p.refused != nil {
-			seqs = append(seqs, 0)
-			continue
-		}
-		m := &p.m
-		payload := m.Payload
-		if payload == nil {
-			payload = []byte{}
-		}
-		var props any
-		if len(p.props) > 0 {
-			props = p.props
-		}
-		res, err := stmt.ExecContext(ctx, m.ClientID, m.Username, m.Topic, payload, int64(m.QoS),
-			m.Retain, m.ContentType, m.EventType, int64(m.Priority), unixNano(m.Received), props, int64(p.lane))
-		if err != nil {
-			return g, fmt.Errorf("insert: %w", err)
-		}
-		id, err := res.LastInsertId()
-		if err != nil {
-			return g, fmt.Errorf("insert: %w", err)
-		}
-		// AUTOINCREMENT and a single writer make this impossible; check
-		// anyway, since the cloud's dedup depends on it.
-		if id <= 0 || uint64(id) <= prev {
-			return g, fmt.Errorf("insert: seq %d does not follow %d", id, prev)
-		}
-		prev = uint64(id)
-		seqs = append(seqs, prev)
-		if g.rows == 0 {
-			g.firstInserted = prev
-		}
-		g.rows++
+	seqs, prev, err := o.insertRows(ctx, tx, batch, &g)
+	if err != nil {
+		return g, err
 	}
 	g.last = prev
 	if len(o.w.plan.cuts) > 0 {
