@@ -95,7 +95,8 @@ var errStatfsUnsupported = errors.New("free space cannot be measured on this pla
 type diskGuard struct {
 	off      bool   // statfs is unsupported here: the reserve is not enforced
 	dir      string // the database's directory; "" until the first measurement
-	reserve  int64  // resolved MinFreeBytes; 0 until the first measurement
+	reserve  int64  // resolved MinFreeBytes, once resolved
+	resolved bool   // reserve is set (at the first measurement)
 	pageSize int64
 
 	measured bool      // limit is valid
@@ -200,7 +201,8 @@ func (o *Outbox) measureDisk(ctx context.Context, tx *sql.Tx) error {
 	if err := tx.QueryRowContext(ctx, "PRAGMA freelist_count").Scan(&free); err != nil {
 		return fmt.Errorf("freelist_count: %w", err)
 	}
-	if d.reserve == 0 {
+	if !d.resolved {
+		d.resolved = true
 		d.reserve = o.opts.MinFreeBytes
 		if d.reserve == 0 {
 			d.reserve = min(DefaultMinFreeBytes, fsSize/100*DefaultMinFreePercent)

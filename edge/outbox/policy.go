@@ -46,6 +46,11 @@ import (
 // (and counted as rejected) rather than acknowledged and dropped in the same
 // breath, so no device is told a message was stored that never was.
 //
+// The free-space reserve (Options.MinFreeBytes, diskguard.go) is a second
+// limit enforced by the same plan: each group is planned against the lower
+// of QuotaBytes and the reserve's limit, and its refusals and drops are
+// counted under the reason of the limit that applied (quotaPlan.disk).
+//
 // Rejected designs: checking the quota in Append (many goroutines would race
 // for the same room, and room freed by Ack or expiry is only known to the
 // writer); a trigger or a size column in SQLite (the writer already holds
