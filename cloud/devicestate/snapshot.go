@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tributary-io/tributary/cloud/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -116,7 +117,7 @@ func (s *Store) Snapshot() error {
 	if err != nil {
 		return fmt.Errorf("devicestate: encode snapshot: %w", err)
 	}
-	if err := writeFileAtomic(s.opts.Dir, s.snapPath, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(s.snapPath, append(b, '\n'), 0o600); err != nil {
 		s.mu.Lock()
 		s.dirty = true
 		s.mu.Unlock()
@@ -126,36 +127,4 @@ func (s *Store) Snapshot() error {
 		s.afterSnapshot(snap.Next)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path (in dir) with b: temp file, fsync, rename,
-// directory fsync. A reader sees the old or the new content, never a mix.
-func writeFileAtomic(dir, path string, b []byte) error {
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/tributary-io/tributary/cloud/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -67,34 +68,10 @@ func (c *cursorFile) store(st cursorState) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(c.dir, c.path, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(c.path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("dispatch: write cursor: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic replaces path (in dir) with b: temp file, fsync, rename,
-// directory fsync. A reader sees the old or the new content, never a mix.
-func writeFileAtomic(dir, path string, b []byte) error {
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	_, err = tmp.Write(b)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		_ = os.Remove(tmp.Name())
-		return err
-	}
-	return syncDir(dir)
 }
 
 func (c *cursorFile) remove() error { return removeFile(c.dir, c.path) }

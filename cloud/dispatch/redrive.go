@@ -15,6 +15,7 @@ import (
 	"github.com/cloudevents/sdk-go/v2/types"
 
 	"github.com/tributary-io/tributary/cloud/commitlog"
+	"github.com/tributary-io/tributary/cloud/internal/atomicfile"
 )
 
 // Redrive sends dead letters through their subscription again.
@@ -163,7 +164,7 @@ func (rd *redriver) saveLocked() error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(rd.dir, rd.path, append(b, '\n')); err != nil {
+	if err := atomicfile.Write(rd.path, append(b, '\n'), 0o600); err != nil {
 		return fmt.Errorf("dispatch: write redrive state: %w", err)
 	}
 	rd.dirty = false

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/tributary-io/tributary/cloud/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -46,7 +47,7 @@ func ensureResetKey(dir string) (*quic.StatelessResetKey, error) {
 	if _, err := rand.Read(key[:]); err != nil {
 		return nil, fmt.Errorf("%w: %w", errResetKey, err)
 	}
-	if err := writeFileSync(path, []byte(hex.EncodeToString(key[:])+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(hex.EncodeToString(key[:])+"\n"), 0o600); err != nil {
 		return nil, fmt.Errorf("%w: %w", errResetKey, err)
 	}
 	return &key, nil
@@ -61,35 +62,4 @@ func parseResetKey(path string, b []byte) (*quic.StatelessResetKey, error) {
 	}
 	copy(key[:], raw)
 	return &key, nil
-}
-
-// writeFileSync writes data to path through a temporary file, fsyncs it and
-// renames it into place, then fsyncs the directory: after a crash the file
-// is either absent or whole.
-func writeFileSync(path string, data []byte, perm os.FileMode) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

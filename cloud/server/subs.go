@@ -14,6 +14,7 @@ import (
 
 	"github.com/tributary-io/tributary/cloud/dispatch"
 	"github.com/tributary-io/tributary/cloud/filter"
+	"github.com/tributary-io/tributary/cloud/internal/atomicfile"
 )
 
 // subStore keeps the subscriptions created through the API durably in one
@@ -85,31 +86,7 @@ func (st *subStore) save() error {
 	if err != nil {
 		return err
 	}
-	tmp := st.path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, st.path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(st.path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.Write(st.path, b, 0o640)
 }
 
 // subscriptionView is a subscription as the API returns it.
