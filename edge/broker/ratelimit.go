@@ -107,8 +107,11 @@ func (r *rateLimiter) left(id string, now time.Time) {
 // overRate applies Limits.PublishRate to one publish from cl and reports
 // whether it must be refused with codeRateTooHigh. Only an MQTT 5 client is
 // refused; an MQTT 3.1.1 client's read goroutine waits here for a token
-// (backpressure) and is refused only if the broker closes meanwhile. False
-// when no rate is configured.
+// (backpressure) and is refused only if the broker closes or stops the
+// client meanwhile. A device that hangs up while held back is noticed only
+// when the wait ends (at most 1/PublishRate, since a refused take leaves no
+// debt): nothing reads its socket until then. False when no rate is
+// configured.
 func (b *Broker) overRate(cl *mqtt.Client) bool {
 	r := b.rates
 	if r == nil {
@@ -130,6 +133,9 @@ func (b *Broker) overRate(cl *mqtt.Client) bool {
 		case <-b.closing:
 			t.Stop()
 			return true
+		}
+		if cl.Closed() {
+			return true // stopped by the broker (a takeover, Close): nobody to hold back
 		}
 		ok, wait = r.take(cl.ID, b.now())
 	}
