@@ -294,6 +294,7 @@ func (s *Server) Serve(ctx context.Context, pc net.PacketConn) error {
 		// completes: see handle, and dial.go for the reasoning.
 		Allow0RTT: !s.cfg.DisableZeroRTT,
 	}
+	setServerReceiveWindows(qconf) // quicwindows.go
 	tr := &quic.Transport{Conn: pc, StatelessResetKey: s.cfg.StatelessResetKey}
 	ln, err := tr.ListenEarly(s.cfg.TLS, qconf)
 	if err != nil {
