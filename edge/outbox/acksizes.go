@@ -1,5 +1,7 @@
 package outbox
 
+import "math"
+
 // Ack's accounting without a second pass over the acknowledged range.
 //
 // An Ack must subtract what it deletes from the per-class totals (records,
@@ -57,7 +59,7 @@ func (a *ackSizes) committed(batch []*pending, seqs []uint64, dropped bool) {
 			continue // refused
 		}
 		if seq != a.start+uint64(len(a.rows)-a.head) || len(a.rows)-a.head >= maxAckSizes ||
-			p.stored > 1<<32-1 || len(p.m.Payload) > 1<<32-1 {
+			int64(p.stored) > math.MaxUint32 || int64(len(p.m.Payload)) > math.MaxUint32 {
 			a.invalidate()
 			return
 		}

@@ -114,7 +114,7 @@ func TestDiskReserveDropOldestKeepsAccepting(t *testing.T) {
 	if err := syscall.Statfs(mnt, &fs); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("file system: %d of %d bytes available", int64(fs.Bavail)*fs.Frsize, int64(fs.Blocks)*fs.Frsize)
+	t.Logf("file system: %d of %d bytes available", int64(fs.Bavail)*int64(fs.Frsize), int64(fs.Blocks)*int64(fs.Frsize))
 
 	// Only the oldest were dropped: what is held is the newest acked, by seq.
 	slices.SortFunc(acked, func(a, b storedMsg) int { return int(a.seq) - int(b.seq) })
