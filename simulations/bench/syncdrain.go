@@ -202,10 +202,16 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 	cctx, cancel := context.WithCancel(ctx)
 	runErr := make(chan error, 1)
 	drainCPU := processCPU()
+	drainRunq, runqOK := runQueueWait()
 	drainStart := time.Now()
 	go func() { runErr <- client.Run(cctx) }()
 	drain, err := waitDrained(ctx, progress, client, ob, lastSeq, drainStart, c.timeout)
 	drainCPU = processCPU() - drainCPU
+	if after, ok := runQueueWait(); ok && runqOK {
+		drainRunq = after - drainRunq
+	} else {
+		runqOK = false
+	}
 	if c.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -234,6 +240,15 @@ func runSyncDrain(ctx context.Context, progress io.Writer, c syncDrainConfig) (m
 	res["drain_cpu_s"] = roundTo(drainCPU.Seconds(), 3)
 	res["cpu_us_per_msg"] = roundTo(drainCPU.Seconds()*1e6/float64(c.records), 2)
 	res["cores_busy"] = roundTo(drainCPU.Seconds()/secs, 2)
+	if runqOK {
+		// Threads of this process ready to run but waiting for a core
+		// (the kernel's run_delay). On a shared machine cores_busy well
+		// under the core count with a large wait means the drain was
+		// short of CPU, not waiting on itself: cores_waited is the
+		// average number of its threads kept off a core.
+		res["runq_wait_s"] = roundTo(drainRunq.Seconds(), 3)
+		res["cores_waited"] = roundTo(drainRunq.Seconds()/secs, 2)
+	}
 	res["batches"] = cs.BatchesSent
 	res["wire_bytes"] = cs.BytesSent
 	res["wire_mb_per_s"] = roundTo(float64(cs.BytesSent)/secs/1e6, 2)
@@ -535,6 +550,31 @@ func loadAverage() float64 {
 		return -1
 	}
 	return v
+}
+
+// runQueueWait sums, over this process's threads, the time they spent
+// runnable but waiting for a CPU (the second field of each thread's
+// /proc schedstat: the scheduler's run_delay). Threads that exited in
+// between are not counted (the Go runtime rarely ends threads). false when
+// the kernel does not provide it.
+func runQueueWait() (time.Duration, bool) {
+	paths, err := filepath.Glob("/proc/self/task/*/schedstat")
+	if err != nil || len(paths) == 0 {
+		return 0, false
+	}
+	var total time.Duration
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue // the thread ended since the Glob
+		}
+		var onCPU, waited, slices int64
+		if _, err := fmt.Sscan(string(b), &onCPU, &waited, &slices); err != nil {
+			return 0, false
+		}
+		total += time.Duration(waited)
+	}
+	return total, true
 }
 
 // processCPU is the user and system CPU time this process used so far.
