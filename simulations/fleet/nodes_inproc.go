@@ -185,15 +185,18 @@ func currentStats(g *gateway.Gateway) edgeStats {
 	st := g.Stats()
 	s := edgeStats{
 		Up: true, Backlog: st.Outbox.Records, Connected: st.Link.State == link.Connected,
-		Refused: st.Broker.Rejected, DiskFailures: st.Outbox.FailedRows, QuotaRejected: st.Outbox.Rejected,
+		// A full disk shows as commits that failed (ENOSPC) or, before
+		// that, as refusals by the outbox's free-space reserve.
+		Refused: st.Broker.Rejected, DiskFailures: st.Outbox.FailedRows + st.Outbox.RejectedDiskFull,
+		QuotaRejected: st.Outbox.Rejected - st.Outbox.RejectedDiskFull,
 		DropsKnown: true,
 	}
 	for _, c := range st.Outbox.Classes {
-		if c.DroppedOldest > 0 || c.Expired > 0 {
+		if c.DroppedOldest > 0 || c.Expired > 0 || c.DroppedDiskFull > 0 {
 			if s.Drops == nil {
 				s.Drops = map[uint8]classDrops{}
 			}
-			s.Drops[c.Priority] = classDrops{quota: c.DroppedOldest, expired: c.Expired}
+			s.Drops[c.Priority] = classDrops{quota: c.DroppedOldest + c.DroppedDiskFull, expired: c.Expired}
 		}
 	}
 	return s
