@@ -36,9 +36,17 @@ func TestCommandMetrics(t *testing.T) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{`tributary_edge_commands_total{state="rejected"} 1`, "tributary_edge_commands_pending 0", "tributary_edge_command_unknown_replies_total 0"} {
+	for _, want := range []string{`tributary_edge_commands_total{gateway="gw-m",state="rejected"} 1`, `tributary_edge_commands_pending{gateway="gw-m"} 0`, `tributary_edge_command_unknown_replies_total{gateway="gw-m"} 0`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	// Every edge series names its gateway: scrapers of many gateways (and
+	// the fleet simulator, which refuses a port answering for another
+	// gateway) rely on it.
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, "tributary_edge_") && !strings.Contains(line, `gateway="gw-m"`) {
+			t.Errorf("series without the gateway label: %s", line)
 		}
 	}
 }

@@ -115,7 +115,7 @@ func startMetrics(addr string, g *Gateway) (*metricsServer, error) {
 	c.describeMore(labels)
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	reg.MustRegister(commandCollector{g}) // commands_metrics.go
+	reg.MustRegister(newCommandCollector(g)) // commands_metrics.go
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
