@@ -253,7 +253,7 @@ func (o *Outbox) commitGroup(batch []*pending) {
 		o.w.batch = batch[:0]
 	}()
 	start := time.Now()
-	g, err := o.insertGroup(batch)
+	g, err := o.insertGroupReclaiming(batch) // diskguard.go
 	if err != nil {
 		err = fmt.Errorf("outbox: commit %d messages: %w", len(batch), classify(err))
 		o.log.Error("group commit failed", "rows", len(batch), "err", err)
