@@ -72,8 +72,8 @@ import (
 // space lost to the reserve, and a DropOldest class could drop every record
 // and still not fit ("may hold 0 bytes"). So when a fresh measurement finds
 // the free space below the reserve plus the WAL's size while the WAL holds
-// at least CheckpointBytes (or less, when the outbox may hold nothing but
-// could without it), the group's transaction is rolled back before it wrote anything,
+// at least CheckpointBytes (or less, when it holds more than the outbox may
+// and truncating it would leave some room), the group's transaction is rolled back before it wrote anything,
 // a TRUNCATE checkpoint copies the WAL into the database and truncates it to
 // zero bytes, and the group runs again with a fresh measurement (at most once
 // per group). The checkpoint runs on the checkpointer's connection, so it
@@ -311,14 +311,14 @@ func diskGroupCost(inserted, pageSize int64) int64 {
 // walReclaimable reports whether the fresh measurement asks for the WAL to
 // be truncated before the group runs: the free space is below the reserve
 // plus the WAL's size (the WAL is what stands between the outbox and its
-// reserve), and the WAL holds at least Options.CheckpointBytes, or the
-// outbox may hold nothing but could without the WAL.
+// reserve), and the WAL holds at least Options.CheckpointBytes, or more
+// than the outbox may hold (when truncating it would leave room at all).
 func (o *Outbox) walReclaimable() bool {
 	d := &o.w.disk
 	if d.wal <= 0 || d.room >= d.wal {
 		return false
 	}
-	return d.wal >= o.opts.CheckpointBytes || (d.limit <= 0 && d.limit+d.wal > 0)
+	return d.wal >= o.opts.CheckpointBytes || (d.limit < d.wal && d.limit+d.wal > 0)
 }
 
 // insertGroupReclaiming runs insertGroup, and when the reserve asks for it
