@@ -189,7 +189,7 @@ func currentStats(g *gateway.Gateway) edgeStats {
 		// that, as refusals by the outbox's free-space reserve.
 		Refused: st.Broker.Rejected, DiskFailures: st.Outbox.FailedRows + st.Outbox.RejectedDiskFull,
 		QuotaRejected: st.Outbox.Rejected - st.Outbox.RejectedDiskFull,
-		DropsKnown: true,
+		DropsKnown:    true,
 	}
 	for _, c := range st.Outbox.Classes {
 		if c.DroppedOldest > 0 || c.Expired > 0 || c.DroppedDiskFull > 0 {
