@@ -192,7 +192,7 @@ func (s *Server) serverTLS() (*tls.Config, error) {
 			return nil, fmt.Errorf("development PKI: %w", err)
 		}
 		s.log.Warn("using the development PKI: configure sync.cert_file, key_file and client_ca_file in production", "dir", s.PKIDir())
-		return pki.ServerTLS(dev.CA.Cert, dev.Server, link.ALPN)
+		return s.withRevocations(pki.ServerTLS(dev.CA.Cert, dev.Server, link.ALPN))
 	}
 	srv, err := pki.LoadKeyPair(sc.CertFile, sc.KeyFile)
 	if err != nil {
@@ -202,7 +202,33 @@ func (s *Server) serverTLS() (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sync client CA: %w", err)
 	}
-	return pki.ServerTLS(ca, srv, link.ALPN)
+	return s.withRevocations(pki.ServerTLS(ca, srv, link.ALPN))
+}
+
+// RevokedFile, in the data directory, lists revoked gateway certificates
+// (see pki.RevocationList; `tributary-cloud gateway revoke` appends to it).
+const RevokedFile = "revoked-gateways.txt"
+
+// withRevocations makes the sync handshake refuse certificates listed in
+// <data_dir>/revoked-gateways.txt, read again whenever it changes: a revoked
+// gateway fails the handshake exactly like one the CA never signed.
+func (s *Server) withRevocations(cfg *tls.Config, err error) (*tls.Config, error) {
+	if err != nil {
+		return nil, err
+	}
+	rl := pki.NewRevocationList(filepath.Join(s.dataDir, RevokedFile))
+	verify := cfg.VerifyConnection
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := verify(cs); err != nil {
+			return err
+		}
+		if err := rl.Check(cs.VerifiedChains[0][0]); err != nil {
+			s.log.Warn("gateway refused", "err", err, "remote", cs.ServerName)
+			return err
+		}
+		return nil
+	}
+	return cfg, nil
 }
 
 // PKIDir is where the development PKI lives.

@@ -5,12 +5,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/tributary-io/tributary/cloud/dispatch"
+	syncv1 "github.com/tributary-io/tributary/proto/sync/v1"
+	"github.com/tributary-io/tributary/sync/link"
+	"github.com/tributary-io/tributary/sync/pki"
+	"github.com/tributary-io/tributary/sync/wire"
 )
 
 // startServer runs a real cloud on loopback with the given tokens; stop
@@ -196,5 +204,79 @@ func TestMetricsExposeTheParts(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
+	}
+}
+
+// TestRevokedGatewayRefused: a gateway whose certificate is listed in
+// <data_dir>/revoked-gateways.txt is refused at the sync handshake, without
+// a restart of the cloud, while other gateways' certificates from the same
+// CA, and a new certificate for the same gateway id, still get a Welcome.
+func TestRevokedGatewayRefused(t *testing.T) {
+	dir := t.TempDir()
+	s := startServer(t, dir, nil)
+	mint := func(id string) string {
+		out := filepath.Join(t.TempDir(), id)
+		if _, err := AddGateway(s.PKIDir(), id, out); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// hello dials with the gateway files in out, sends a Hello and returns
+	// the error if no Welcome comes back.
+	hello := func(out string) error {
+		kp, err := pki.LoadKeyPair(filepath.Join(out, "gateway.crt"), filepath.Join(out, "gateway.key"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := pki.LoadCert(filepath.Join(out, "ca.crt"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := pki.ClientTLS(ca, kp, "127.0.0.1", link.ALPN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := quic.DialAddr(ctx, s.SyncAddr().String(), cfg, nil)
+		if err != nil {
+			return err
+		}
+		defer conn.CloseWithError(0, "")
+		str, err := conn.OpenStreamSync(ctx)
+		if err != nil {
+			return err
+		}
+		if err := wire.WriteFrame(str, &syncv1.Frame{Body: &syncv1.Frame_Hello{Hello: &syncv1.Hello{ProtocolVersion: syncv1.Version_VERSION_1}}}); err != nil {
+			return err
+		}
+		f, err := wire.ReadFrame(str, 1<<20)
+		if err != nil {
+			return err
+		}
+		if f.GetWelcome() == nil {
+			return fmt.Errorf("answered %v", f)
+		}
+		return nil
+	}
+	ok, bad := mint("gw-ok"), mint("gw-bad")
+	if err := hello(bad); err != nil {
+		t.Fatalf("before the revocation: %v", err)
+	}
+	badCert, err := pki.LoadCert(filepath.Join(bad, "gateway.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pki.Revoke(filepath.Join(dir, RevokedFile), badCert, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := hello(bad); err == nil {
+		t.Fatal("a revoked gateway got a Welcome")
+	}
+	if err := hello(ok); err != nil {
+		t.Fatalf("another gateway refused after a revocation: %v", err)
+	}
+	if err := hello(mint("gw-bad")); err != nil {
+		t.Fatalf("gw-bad re-provisioned with a new certificate refused: %v", err)
 	}
 }

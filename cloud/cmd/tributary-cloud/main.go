@@ -14,9 +14,11 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/tributary-io/tributary/cloud/dispatch"
 	"github.com/tributary-io/tributary/cloud/server"
+	"github.com/tributary-io/tributary/sync/pki"
 )
 
 // version is stamped at build time with -ldflags "-X main.version=...".
@@ -32,6 +34,9 @@ Usage:
   tributary-cloud [-config cloud.yaml] [flags]      run the cloud
   tributary-cloud gateway add <id> [-out dir]       mint a gateway certificate
                                                     from the CA in <data dir>/pki
+  tributary-cloud gateway revoke <gateway.crt>      refuse that certificate from the
+                                                    next connection on (listed in
+                                                    <data dir>/revoked-gateways.txt)
 
 Configuration comes from the YAML file given with -config (unknown keys are
 errors; see deploy/config/cloud.yaml for every key), then flags override it.
@@ -132,8 +137,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func gatewayCmd(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "revoke" {
+		return revokeCmd(args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "add" {
 		fmt.Fprintln(stderr, "usage: tributary-cloud gateway add <id> [-data-dir dir] [-out dir]")
+		fmt.Fprintln(stderr, "       tributary-cloud gateway revoke <gateway.crt> [-data-dir dir]")
 		return 2
 	}
 	fs := flag.NewFlagSet("tributary-cloud gateway add", flag.ContinueOnError)
@@ -171,5 +180,47 @@ func gatewayCmd(args []string, stdout, stderr io.Writer) int {
 	for _, f := range files {
 		fmt.Fprintln(stdout, f)
 	}
+	return 0
+}
+
+// revokeCmd lists a gateway certificate in <data_dir>/revoked-gateways.txt:
+// the running cloud refuses it from the next connection on.
+func revokeCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("tributary-cloud gateway revoke", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dataDir := fs.String("data-dir", server.DefaultDataDir, "the cloud's data `directory`")
+	var certFile string
+	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
+		certFile, args = args[0], args[1:]
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if certFile == "" && fs.NArg() > 0 {
+		certFile = fs.Arg(0)
+	}
+	if certFile == "" {
+		fmt.Fprintln(stderr, "usage: tributary-cloud gateway revoke <gateway.crt> [-data-dir dir]")
+		return 2
+	}
+	cert, err := pki.LoadCert(certFile)
+	if err != nil {
+		fmt.Fprintf(stderr, "tributary-cloud: gateway revoke: %v\n", err)
+		return 1
+	}
+	id, err := pki.GatewayID(cert)
+	if err != nil {
+		fmt.Fprintf(stderr, "tributary-cloud: gateway revoke %s: not a gateway certificate: %v\n", certFile, err)
+		return 1
+	}
+	list := filepath.Join(*dataDir, server.RevokedFile)
+	if err := pki.Revoke(list, cert, time.Now()); err != nil {
+		fmt.Fprintf(stderr, "tributary-cloud: gateway revoke: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(stdout, "revoked gateway %s certificate %s in %s\n", id, cert.SerialNumber.Text(16), list)
 	return 0
 }
