@@ -140,13 +140,6 @@ func request(id, device string, expiry time.Duration) *syncv1.CommandRequest {
 // gets every command topic it sees.
 func device(t *testing.T, addr, id string, clean bool, reply []byte, received chan<- string) mqtt.Client {
 	t.Helper()
-	opts := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
-		SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false)
-	c := mqtt.NewClient(opts)
-	if tok := c.Connect(); !tok.WaitTimeout(cmdSafety) || tok.Error() != nil {
-		t.Fatalf("%s connect: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(0) })
 	handler := func(c mqtt.Client, m mqtt.Message) {
 		if received != nil {
 			received <- m.Topic()
@@ -157,6 +150,18 @@ func device(t *testing.T, addr, id string, clean bool, reply []byte, received ch
 		reqID := m.Topic()[strings.LastIndexByte(m.Topic(), '/')+1:]
 		c.Publish(broker.ReplyTopic(id, reqID), 1, false, reply)
 	}
+	// The handler is in place before the connection: a resumed session's
+	// held command arrives right after CONNACK, before Subscribe returns,
+	// and paho neither delivers nor acknowledges a message without one (the
+	// device SDK installs its route before connecting for the same reason).
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).SetCleanSession(clean).
+		SetAutoReconnect(false).SetConnectRetry(false).SetOrderMatters(false).
+		SetDefaultPublishHandler(handler)
+	c := mqtt.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(cmdSafety) || tok.Error() != nil {
+		t.Fatalf("%s connect: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
 	if tok := c.Subscribe(broker.CommandTopicPrefix+id+"/#", 1, handler); !tok.WaitTimeout(cmdSafety) || tok.Error() != nil {
 		t.Fatalf("%s subscribe: %v", id, tok.Error())
 	}
