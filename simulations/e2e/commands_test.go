@@ -91,12 +91,6 @@ func waitGatewayLinked(t *testing.T, c *procs.Cloud, gw string) {
 // with {"status":200,"payload":{"device":..,"command":..,"echo":<body>}}.
 func commandDevice(t *testing.T, addr, id string, clean bool) mqtt.Client {
 	t.Helper()
-	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
-		SetCleanSession(clean).SetAutoReconnect(false).SetOrderMatters(false).SetConnectTimeout(5 * time.Second))
-	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatalf("%s connect: %v", id, tok.Error())
-	}
-	t.Cleanup(func() { c.Disconnect(0) })
 	handler := func(c mqtt.Client, m mqtt.Message) {
 		parts := strings.Split(m.Topic(), "/") // $tributary/commands/<id>/<name>/<request>
 		if len(parts) != 5 {
@@ -106,6 +100,15 @@ func commandDevice(t *testing.T, addr, id string, clean bool) mqtt.Client {
 			"device": id, "command": parts[3], "echo": json.RawMessage(m.Payload())}})
 		c.Publish("$tributary/replies/"+id+"/"+parts[4], 1, false, reply)
 	}
+	// The handler is in place before the connection: a resumed session's
+	// held command arrives right after CONNACK, before Subscribe returns.
+	c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(id).
+		SetCleanSession(clean).SetAutoReconnect(false).SetOrderMatters(false).SetConnectTimeout(5 * time.Second).
+		SetDefaultPublishHandler(handler))
+	if tok := c.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("%s connect: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
 	if tok := c.Subscribe("$tributary/commands/"+id+"/#", 1, handler); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
 		t.Fatalf("%s subscribe: %v", id, tok.Error())
 	}
