@@ -165,8 +165,22 @@ else
 	say "installing $kernel_pkgs (under qemu-aarch64; slow)"
 	in_root apt-get update -qq >"$WORK/apt.log" 2>&1 || { tail -20 "$WORK/apt.log"; die "apt-get update in the image failed"; }
 	! grep -q '^[WE]:' "$WORK/apt.log" || { tail -20 "$WORK/apt.log"; die "apt-get update in the image failed"; }
-	in_root apt-get install -y -qq --no-install-recommends $kernel_pkgs >>"$WORK/apt.log" 2>&1 ||
-		{ tail -20 "$WORK/apt.log"; die "kernel installation failed"; }
+	# raspi-firmware's kernel hook refuses to run unless /boot/firmware is
+	# a mount point ("missing /boot/firmware, did you forget to mount
+	# it?"), and this kernel may have no vfat: a tmpfs stands in while the
+	# packages install, and its files are copied into the tree after.
+	mount -t tmpfs -o size=512m,mode=0755 tmpfs "$rootfs/boot/firmware"
+	if ! in_root apt-get install -y -qq --no-install-recommends $kernel_pkgs >>"$WORK/apt.log" 2>&1; then
+		grep -n -i -B3 -A3 'raspi' "$WORK/apt.log" | tail -40 >&2 || true
+		tail -20 "$WORK/apt.log"
+		umount "$rootfs/boot/firmware" || true
+		die "kernel installation failed"
+	fi
+	fw=$(mktemp -d "$WORK/firmware.XXXXXX")
+	cp -a "$rootfs/boot/firmware/." "$fw/"
+	umount "$rootfs/boot/firmware"
+	cp -a "$fw/." "$rootfs/boot/firmware/"
+	rm -rf "$fw"
 	in_root apt-get clean
 	image_resolv
 	umount_vfs
