@@ -223,7 +223,7 @@ func (s *Server) withRevocations(cfg *tls.Config, err error) (*tls.Config, error
 			return err
 		}
 		if err := rl.Check(cs.VerifiedChains[0][0]); err != nil {
-			s.log.Warn("gateway refused", "err", err, "remote", cs.ServerName)
+			s.log.Warn("gateway refused at the sync handshake", "err", err)
 			return err
 		}
 		return nil
