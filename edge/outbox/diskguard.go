@@ -68,8 +68,10 @@ import (
 // copied every frame. A writer that commits group after group begins its
 // next transaction before the checkpointer's PASSIVE checkpoint ends, so the
 // WAL may never be reset and grows far past CheckpointBytes (measured on a
-// 4 MiB tmpfs: 1.3 MB of WAL with 40 KB of records held). Its size is free
-// space lost to the reserve, and a DropOldest class could drop every record
+// 4 MiB tmpfs: 1.3 MB of WAL with 40 KB of records held). The writer's
+// restart checkpoint (checkpoint.go) keeps it within about
+// Options.JournalSizeLimit, which may still be more than a small disk can
+// spare. Its size is free space lost to the reserve, and a DropOldest class could drop every record
 // and still not fit ("may hold 0 bytes"). So when a fresh measurement finds
 // the free space below the reserve plus the WAL's size while the WAL holds
 // at least CheckpointBytes (or less, when it holds more than the outbox may

@@ -35,7 +35,9 @@ type Options struct {
 	QueueLimit int
 
 	// BusyTimeout is how long a connection waits on a lock held by another
-	// connection before failing with SQLITE_BUSY. 0 means 5s.
+	// connection before failing with SQLITE_BUSY; it is also the longest a
+	// RESTART or TRUNCATE checkpoint waits for readers, with commits paused
+	// (see JournalSizeLimit). 0 means 5s.
 	BusyTimeout time.Duration
 
 	// CheckpointBytes is the estimated WAL growth after which a PASSIVE
@@ -47,8 +49,16 @@ type Options struct {
 	// while anything was written since the last one. 0 means 1s.
 	CheckpointInterval time.Duration
 
-	// JournalSizeLimit is the size the WAL file is truncated to when SQLite
-	// restarts it after a complete checkpoint. 0 means 64 MiB.
+	// JournalSizeLimit bounds the WAL file (path+"-wal"): SQLite truncates
+	// the file to it when it restarts the WAL after a complete checkpoint,
+	// and once the file has grown past it (continuous writing with a
+	// concurrent drain never leaves SQLite that moment) the writer runs a
+	// RESTART checkpoint, which pauses commits while it copies the frames
+	// left and waits up to BusyTimeout for readers (see checkpoint.go). The
+	// file then stays within JournalSizeLimit plus one write transaction's
+	// frames; it should be well above one transaction (a group of
+	// MaxBatchBytes, an Ack chunk), or the writer checkpoints after nearly
+	// every one. 0 means 64 MiB.
 	JournalSizeLimit int64
 
 	// AckChunkRows bounds how many records one delete transaction of an Ack
@@ -149,6 +159,9 @@ type testHooks struct {
 	// statfs, when non-nil, replaces the file system's free space
 	// measurement of the free-space reserve.
 	statfs statfsFunc
+	// walSize, when non-nil, is called by the writer with the WAL file's
+	// size after every write transaction (walbound_test.go).
+	walSize func(bytes int64)
 }
 
 // Validate reports the first invalid field.

@@ -64,7 +64,11 @@
 //     and expired records in bounded chunks, and when idle returns freed
 //     pages to the file system with incremental_vacuum (deferred while a
 //     drain is under way, see vacuumDue).
-//   - the checkpointer (checkpointLoop): the only user of cdb.
+//   - the checkpointer (checkpointLoop): runs PASSIVE checkpoints on cdb.
+//     The writer borrows cdb, between its transactions, for the RESTART
+//     checkpoint that bounds the WAL (checkpoint.go) and the free-space
+//     reserve's TRUNCATE (diskguard.go); cdb's pool of one connection makes
+//     it wait for a PASSIVE checkpoint under way.
 //   - callers: Append/AppendWait/Ack send to the writer under gate (shared);
 //     Read uses the rdb pool; Wait and Stats read mu-guarded state.
 //

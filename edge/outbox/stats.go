@@ -30,6 +30,16 @@ type Stats struct {
 	// CheckpointErrors those that failed.
 	Checkpoints      uint64
 	CheckpointErrors uint64
+	// WALBytes is the size of the WAL file (path+"-wal") after the writer's
+	// last write transaction. WALRestarts counts the RESTART checkpoints the
+	// writer ran because the file had grown past Options.JournalSizeLimit
+	// (each one pauses commits; see checkpoint.go), and
+	// WALRestartsIncomplete those of them that failed or that a reader kept
+	// from completing within Options.BusyTimeout. They are also counted in
+	// Checkpoints or CheckpointErrors.
+	WALBytes              uint64
+	WALRestarts           uint64
+	WALRestartsIncomplete uint64
 	// VacuumedPages counts pages returned to the file system.
 	VacuumedPages uint64
 

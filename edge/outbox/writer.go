@@ -31,6 +31,8 @@ type writerState struct {
 	idleLong    bool // nothing arrived for vacuumIdle: see vacuumDue
 
 	walEstimate int64 // bytes written to the WAL since the last checkpoint request
+	walRetryAt  int64 // after an incomplete restart: the WAL size to try again at (checkpoint.go)
+	walStatErr  bool  // the WAL could not be measured (logged once until it can)
 
 	classes [256]classState    // committed records by priority class
 	counts  [256]classCounters // per-class counters since Open
@@ -468,8 +470,10 @@ func (o *Outbox) rollback(tx *sql.Tx) {
 	}
 }
 
-// wrote records WAL growth and asks the checkpointer to run once the
-// estimate crosses Options.CheckpointBytes.
+// wrote runs after each write transaction of the writer's: it records WAL
+// growth, asks the checkpointer to run once the estimate crosses
+// Options.CheckpointBytes, and keeps the WAL file within
+// Options.JournalSizeLimit (boundWAL). o.mu must not be held.
 func (o *Outbox) wrote(walBytes int64) {
 	o.dirty.Store(true)
 	o.w.walEstimate += walBytes
@@ -480,6 +484,7 @@ func (o *Outbox) wrote(walBytes int64) {
 		default:
 		}
 	}
+	o.boundWAL() // checkpoint.go
 }
 
 // takeAcks accepts every Ack waiting to be received, without blocking.
