@@ -128,4 +128,7 @@ func benchAppend(b *testing.B, appenders, window int, opts Options, prefill int)
 	if r := st.Rejected - before.Rejected; r > 0 {
 		b.ReportMetric(float64(r)/float64(b.N), "refused/msg")
 	}
+	if r := st.WALRestarts - before.WALRestarts; r > 0 {
+		b.ReportMetric(float64(r)/float64(b.N)*1e6, "wal-restarts/Mmsg")
+	}
 }
