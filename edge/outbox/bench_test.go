@@ -130,5 +130,6 @@ func benchAppend(b *testing.B, appenders, window int, opts Options, prefill int)
 	}
 	if r := st.WALRestarts - before.WALRestarts; r > 0 {
 		b.ReportMetric(float64(r)/float64(b.N)*1e6, "wal-restarts/Mmsg")
+		b.ReportMetric((st.WALRestartTime-before.WALRestartTime).Seconds()*1e3/float64(r), "ms/wal-restart")
 	}
 }

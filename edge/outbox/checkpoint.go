@@ -142,9 +142,12 @@ func (o *Outbox) boundWAL() {
 func (o *Outbox) restartWAL(size int64) {
 	w := &o.w
 	var busy, logFrames, copied int64
+	start := time.Now()
 	err := o.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &logFrames, &copied)
+	took := time.Since(start)
 	done := err == nil && busy == 0
 	o.mu.Lock()
+	o.st.WALRestartTime += took
 	if err != nil {
 		o.st.CheckpointErrors++
 	} else {
@@ -157,7 +160,7 @@ func (o *Outbox) restartWAL(size int64) {
 	o.mu.Unlock()
 	if done {
 		w.walRetryAt = 0
-		o.log.Debug("wal over journal_size_limit: restarted", "wal_bytes", size, "frames", logFrames)
+		o.log.Debug("wal over journal_size_limit: restarted", "wal_bytes", size, "frames", logFrames, "took", took)
 		return
 	}
 	// Try again once the WAL grew by another JournalSizeLimit.

@@ -1,5 +1,7 @@
 package outbox
 
+import "time"
+
 // Stats is a snapshot of the outbox for metrics. Counters count since Open.
 type Stats struct {
 	// Records and PayloadBytes are what the outbox holds now: committed and
@@ -31,15 +33,17 @@ type Stats struct {
 	Checkpoints      uint64
 	CheckpointErrors uint64
 	// WALBytes is the size of the WAL file (path+"-wal") after the writer's
-	// last write transaction. WALRestarts counts the RESTART checkpoints the
-	// writer ran because the file had grown past Options.JournalSizeLimit
-	// (each one pauses commits; see checkpoint.go), and
-	// WALRestartsIncomplete those of them that failed or that a reader kept
-	// from completing within Options.BusyTimeout. They are also counted in
-	// Checkpoints or CheckpointErrors.
+	// last write transaction (0 before the first). WALRestarts counts the
+	// RESTART checkpoints the writer ran because the file had grown past
+	// Options.JournalSizeLimit (see checkpoint.go), WALRestartsIncomplete
+	// those of them that failed or that a reader kept from completing
+	// within Options.BusyTimeout, and WALRestartTime the time they took:
+	// commits were paused that long (it is not in CommitLatency). The
+	// restarts are also counted in Checkpoints or CheckpointErrors.
 	WALBytes              uint64
 	WALRestarts           uint64
 	WALRestartsIncomplete uint64
+	WALRestartTime        time.Duration
 	// VacuumedPages counts pages returned to the file system.
 	VacuumedPages uint64
 

@@ -136,8 +136,8 @@ func TestWALBoundedUnderLoad(t *testing.T) {
 	loadWithDrain(t, o, appenders, window, perAppender)
 	maxWAL, grow, txns := watch.get()
 	st := o.Stats()
-	t.Logf("WAL: max %d bytes (limit %d), largest growth of one transaction %d, %d write transactions; %d groups, %d checkpoints",
-		maxWAL, journalLimit, grow, txns, st.CommittedGroups, st.Checkpoints)
+	t.Logf("WAL: max %d bytes (limit %d), largest growth of one transaction %d, %d write transactions; %d groups, %d checkpoints, %d of them restarts (%d incomplete) taking %v",
+		maxWAL, journalLimit, grow, txns, st.CommittedGroups, st.Checkpoints, st.WALRestarts, st.WALRestartsIncomplete, st.WALRestartTime)
 	if st.Records != 0 || st.CommittedRows != appenders*perAppender {
 		t.Fatalf("after the drain: %+v", st)
 	}
