@@ -53,10 +53,10 @@ import (
 //
 // Rejected designs: running RESTART from the checkpointer goroutine (it
 // needs the write lock, which the writer holds for most of each commit
-// cycle under load: the checkpointer's busy handler polls for it with
-// sleeps of up to 100 ms, may not catch it before BusyTimeout, and then
-// falls back to PASSIVE; the writer, waiting for the checkpointer in turn,
-// oversleeps the same way); TRUNCATE rather than RESTART (it returns the
+// cycle under load: SQLite's busy handler would poll for it with sleeps of
+// up to 100 ms, might not catch it before BusyTimeout, and would then fall
+// back to PASSIVE; the writer, waiting for the checkpointer in turn, would
+// oversleep the same way; reasoned from SQLite's wal.c, not measured); TRUNCATE rather than RESTART (it returns the
 // file to zero bytes, which the next transactions must allocate again;
 // journal_size_limit keeps what is reused); counting WAL bytes by
 // estimate (wrote's estimate ignores index and free-list pages and is off
