@@ -124,6 +124,12 @@ func TestMetricsMove(t *testing.T) {
 	if v := after[`tributary_edge_outbox_records`]; v != 1 {
 		t.Errorf("outbox records %v, want 1", v)
 	}
+	if v := after[`tributary_edge_outbox_wal_bytes`]; v <= 0 {
+		t.Errorf("outbox wal bytes %v after a commit", v)
+	}
+	if _, ok := after[`tributary_edge_outbox_wal_restarts_total`]; !ok {
+		t.Error("no tributary_edge_outbox_wal_restarts_total")
+	}
 }
 
 // scrape fetches a Prometheus text exposition and returns each sample by
