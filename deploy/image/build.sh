@@ -170,7 +170,11 @@ else
 	# it?"), and this kernel may have no vfat: a tmpfs stands in while the
 	# packages install, and its files are copied into the tree after.
 	mount -t tmpfs -o size=512m,mode=0755 tmpfs "$rootfs/boot/firmware"
-	if ! in_root apt-get install -y -qq --no-install-recommends $kernel_pkgs >>"$WORK/apt.log" 2>&1; then
+	# /etc/default/raspi-firmware (written above) is also a conffile of
+	# raspi-firmware: without --force-confold dpkg stops at its prompt.
+	if ! in_root apt-get install -y -qq --no-install-recommends \
+		-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+		$kernel_pkgs >>"$WORK/apt.log" 2>&1; then
 		grep -n -i -B3 -A3 'raspi' "$WORK/apt.log" | tail -40 >&2 || true
 		tail -20 "$WORK/apt.log"
 		umount "$rootfs/boot/firmware" || true
