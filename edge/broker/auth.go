@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"bytes"
-
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -47,8 +45,10 @@ type authHook struct {
 
 func (h *authHook) ID() string { return "tributary-auth" }
 
+// Provides is asked for every hook on every event mochi raises, several
+// times per message: a switch, not a slice search.
 func (h *authHook) Provides(b byte) bool {
-	return bytes.IndexByte([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck}, b) >= 0
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {

@@ -335,7 +335,9 @@ func (b *Broker) Start() error {
 		return fail(fmt.Errorf("broker: add commands hook: %w", err))
 	}
 	if store != nil {
-		if err := srv.AddHook(newStoreHook(store), nil); err != nil {
+		sh := newStoreHook(store)
+		sh.restoredInflight = func() { b.cmd.mayHold.Store(true) }
+		if err := srv.AddHook(sh, nil); err != nil {
 			return fail(fmt.Errorf("broker: add sessions hook: %w", err))
 		}
 	}

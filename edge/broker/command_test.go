@@ -4,11 +4,14 @@ import (
 	"bufio"
 	"errors"
 	"net"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/tributary-io/tributary/edge/outbox"
 )
 
 func TestReservedACL(t *testing.T) {
@@ -273,4 +276,60 @@ func TestPublishCommand(t *testing.T) {
 	if next := a.mustReadAny(); next.FixedHeader.Type != packets.Pingresp {
 		t.Fatalf("after the PUBACK got packet type %d, want PINGRESP", next.FixedHeader.Type)
 	}
+}
+
+// TestCommandDeliveredAfterRestart: a command still in flight when the
+// broker stops is restored from the sessions file, resent, and its PUBACK
+// after the restart is reported to the observer. Nothing was published
+// since that restart, so this fails if only PublishCommand enables the
+// PUBACK lookup (commandState.mayHold).
+func TestCommandDeliveredAfterRestart(t *testing.T) {
+	dir := t.TempDir()
+	start := func(obs CommandObserver) *sessionGateway {
+		ob, err := outbox.Open(filepath.Join(dir, "outbox.db"), outbox.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := Config{Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}, Sessions: Sessions{File: filepath.Join(dir, "sessions.db")}}
+		b, err := New(cfg, ob, nil)
+		if err == nil {
+			err = b.SetCommandObserver(obs)
+		}
+		if err == nil {
+			err = b.Start()
+		}
+		if err != nil {
+			ob.Close()
+			t.Fatal(err)
+		}
+		g := &sessionGateway{b: b, ob: ob}
+		t.Cleanup(g.stop)
+		return g
+	}
+	now := time.Now()
+	cmd := Command{Device: "devA", Name: "reboot", RequestID: "r1", Payload: []byte(`{}`), Expires: now.Add(time.Hour)}
+
+	g := start(newRecordingObserver())
+	a, _ := dialRawSession(t, g.addr(), "devA", 4, false, packets.Properties{})
+	a.subscribe(1, packets.Subscription{Filter: "$tributary/commands/devA/#", Qos: 1})
+	if err := g.b.PublishCommand(cmd, now); err != nil {
+		t.Fatal(err)
+	}
+	a.mustRead(packets.Publish) // not acknowledged
+	a.conn.Close()
+	waitUntil(t, "the device to leave", func() bool { return g.b.Stats().Clients == 0 })
+	g.stop()
+
+	obs := newRecordingObserver()
+	g = start(obs)
+	a, connack := dialRawSession(t, g.addr(), "devA", 4, false, packets.Properties{})
+	if !connack.SessionPresent {
+		t.Fatal("CONNACK without session present")
+	}
+	pk := a.mustRead(packets.Publish)
+	if pk.TopicName != CommandTopic("devA", "reboot", "r1") {
+		t.Fatalf("resent %q, want the command", pk.TopicName)
+	}
+	a.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	obs.has(t, "delivery reported after the restart", &obs.delivered, "devA/r1")
 }

@@ -99,6 +99,11 @@ type CommandObserver interface {
 type commandState struct {
 	obs            CommandObserver // nil: no commands (replies are dropped)
 	unknownReplies atomic.Uint64
+	// mayHold is set once a client may hold a command in flight: one was
+	// published, or the sessions file restored in-flight messages. Until
+	// then commandHook.OnPacketRead skips its in-flight lookup (a copy of
+	// the whole packet under a lock) on every PUBACK a subscriber sends.
+	mayHold atomic.Bool
 }
 
 // SetCommandObserver sets who learns of command deliveries and replies. Call
@@ -166,6 +171,7 @@ func (b *Broker) PublishCommand(c Command, now time.Time) error {
 			MessageExpiryInterval: uint32(min(secs, math.MaxUint32)),
 		},
 	}
+	b.cmd.mayHold.Store(true) // before any PUBACK for it can be read
 	if err := srv.InjectPacket(b.inline, pk); err != nil {
 		return fmt.Errorf("broker: publish command: %w", err)
 	}
@@ -293,7 +299,7 @@ func (h *commandHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 // from the client's in-flight store, so the command it acknowledges is
 // still there to be named.
 func (h *commandHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if pk.FixedHeader.Type != packets.Puback {
+	if pk.FixedHeader.Type != packets.Puback || !h.b.cmd.mayHold.Load() {
 		return pk, nil
 	}
 	if p, ok := cl.State.Inflight.Get(pk.PacketID); ok && p.FixedHeader.Type == packets.Publish {

@@ -34,8 +34,14 @@ func (h *hook) Provides(b byte) bool {
 }
 
 // OnPublished runs after mochi delivered a publish it acknowledged itself:
-// a forwarded one committed on the blocking path is now delivered.
-func (h *hook) OnPublished(cl *mqtt.Client, _ packets.Packet) {
+// a forwarded one committed on the blocking path is now delivered. Only a
+// device's own publish, not taken by this package, can be one: the common
+// cases (this package's local deliveries through the inline client, and
+// publishes answered asynchronously) return before the map lookup.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Net.Inline || pk.Ignore {
+		return
+	}
 	if seq, ok := h.b.syncSeqs.LoadAndDelete(cl); ok {
 		h.b.marks.delivered(seq.(uint64))
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/json"
 	"sync"
 
@@ -24,6 +23,10 @@ type storeHook struct {
 	mqtt.HookBase
 	s *sessionStore
 
+	// restoredInflight, if set, is called when StoredInflightMessages
+	// restores at least one in-flight message.
+	restoredInflight func()
+
 	mu       sync.Mutex
 	clients  map[string]struct{}      // client ids with a stored record
 	inflight map[inflightKey]struct{} // in-flight rows stored
@@ -42,13 +45,17 @@ func newStoreHook(s *sessionStore) *storeHook {
 
 func (h *storeHook) ID() string { return "tributary-sessions" }
 
+// Provides is asked for every hook on every event mochi raises, several
+// times per message: a switch, not a slice search.
 func (h *storeHook) Provides(b byte) bool {
-	return bytes.IndexByte([]byte{
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+	switch b {
+	case mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnRetainMessage, mqtt.OnRetainedExpired, mqtt.OnQosPublish, mqtt.OnQosComplete,
 		mqtt.OnQosDropped, mqtt.OnClientExpired, mqtt.OnWillSent,
-		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
-	}, b) >= 0
+		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages:
+		return true
+	}
+	return false
 }
 
 // persists reports whether cl's session outlives its connection.
@@ -283,6 +290,9 @@ func (h *storeHook) StoredInflightMessages() ([]storage.Message, error) {
 		h.inflight[inflightKey{m.Client, m.PacketID}] = struct{}{}
 	}
 	h.mu.Unlock()
+	if len(v) > 0 && h.restoredInflight != nil {
+		h.restoredInflight() // some may be commands
+	}
 	return v, err
 }
 
