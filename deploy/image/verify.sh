@@ -227,7 +227,7 @@ start_edge() {
 	[ -n "$mqtt_port" ] || fail "cannot read the MQTT address from: $(grep started "$edge_log")"
 }
 start_edge
-pass "ExecStart as $user ($uid): $(grep -o 'version=[^ ]*' "$edge_log" | head -1), MQTT on 127.0.0.1:$mqtt_port, data in $(sed -n 's/.*data_dir=\([^ ]*\).*/\1/p' "$edge_log" | head -1)"
+pass "ExecStart as $user ($uid): $(grep 'tributary-edge started' "$edge_log" | grep -o 'version=[^ ]*' | head -1), MQTT on 127.0.0.1:$mqtt_port, data in $(sed -n 's/.*data_dir=\([^ ]*\).*/\1/p' "$edge_log" | head -1)"
 
 # --- 4. a device message through the gateway to the cloud's log ----------------------
 run=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
