@@ -89,6 +89,10 @@ func TestPublishRateMQTT5(t *testing.T) {
 					t.Fatalf("PUBACK %d reason %#x, want %d reason %#x", pk.PacketID, pk.ReasonCode, id, want)
 				}
 			}
+			// The QoS 0 publish gets no answer: make sure it was refused
+			// before the clock moves, or it could take the token meant
+			// for publish 5.
+			waitUntil(t, "the QoS 0 publish refused", func() bool { return b.Stats().RateLimited == 3 })
 
 			other, _ := dialRaw(t, b.Addr().TCP, "other", 5, packets.Properties{})
 			for id := uint16(1); id <= 2; id++ {
