@@ -29,6 +29,22 @@ type Options struct {
 	// always holds at least one message). 0 means 8 MiB.
 	MaxBatchBytes int
 
+	// GroupGap and GroupWait shape the group a writer that was idle commits
+	// next. Woken by a message, the writer keeps collecting while messages
+	// keep coming: it commits once none arrived for GroupGap, or GroupWait
+	// after the first, or at MaxBatchRows. A device sends its window of QoS 1
+	// publishes as a burst, one message at a time, when its PUBACKs arrive;
+	// committing the burst's first message the moment it arrives costs a
+	// commit (an fsync) for a few rows and keeps the rest of the burst
+	// waiting for that whole commit: measured with one publisher keeping 100
+	// in flight, over a third of all commits held fewer than 8 rows. A writer
+	// that was busy committing does not wait: what queued meanwhile is its
+	// next group. Only when a commit happens changes: every callback still
+	// runs after its message's commit. The wait uses Go timers, which can
+	// fire up to a millisecond late on an idle machine. GroupGap 0 means
+	// 200µs; a negative GroupGap commits at once. GroupWait 0 means 2ms.
+	GroupGap, GroupWait time.Duration
+
 	// QueueLimit is how many messages may wait for the writer; Append blocks
 	// when the queue is full, which is the outbox's backpressure. 0 means
 	// 10000.
@@ -147,6 +163,9 @@ type testHooks struct {
 	// afterFirst is called by the writer after it took the first message of
 	// a group and before it collects the rest.
 	afterFirst func()
+	// beforeIdle is called by the writer each time it is about to wait for
+	// work with nothing to do.
+	beforeIdle func()
 	// afterCommit is called by the writer after a group committed and Stats
 	// were updated, before the group's callbacks run.
 	afterCommit func()
@@ -178,6 +197,7 @@ func (o Options) Validate() error {
 		{"MaxBatchRows", int64(o.MaxBatchRows)},
 		{"MaxBatchBytes", int64(o.MaxBatchBytes)},
 		{"QueueLimit", int64(o.QueueLimit)},
+		{"GroupWait", int64(o.GroupWait)},
 		{"BusyTimeout", int64(o.BusyTimeout)},
 		{"CheckpointBytes", o.CheckpointBytes},
 		{"CheckpointInterval", int64(o.CheckpointInterval)},
@@ -221,6 +241,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.QueueLimit == 0 {
 		o.QueueLimit = 10000
+	}
+	if o.GroupGap == 0 {
+		o.GroupGap = 200 * time.Microsecond
+	}
+	if o.GroupWait == 0 {
+		o.GroupWait = 2 * time.Millisecond
 	}
 	if o.BusyTimeout == 0 {
 		o.BusyTimeout = 5 * time.Second

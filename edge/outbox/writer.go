@@ -11,8 +11,12 @@ import (
 // after Open.
 type writerState struct {
 	carry *pending // taken from the queue but left for the next group (byte cap)
-	batch []*pending
-	seqs  []uint64
+	// woke is set when carry is the message that woke an idle writer:
+	// collect then waits for the rest of its burst (Options.GroupGap).
+	woke     bool
+	gapTimer *time.Timer // collect's wait; stopped when not in use
+	batch    []*pending
+	seqs     []uint64
 	// inserts, rows and args are insertRows' prepared multi-row statements
 	// (by insertSizes index) and reused buffers.
 	inserts [len(insertSizes)]*sql.Stmt
@@ -142,13 +146,16 @@ func (o *Outbox) run() {
 			}
 			idleC = idle.C
 		}
+		if h := o.opts.hooks; h != nil && h.beforeIdle != nil {
+			h.beforeIdle()
+		}
 		select {
 		case p, ok := <-o.queue:
 			if !ok {
 				o.drain()
 				return
 			}
-			w.carry = p
+			w.carry, w.woke = p, true
 		case a := <-o.ackc:
 			o.addAck(a)
 		case <-tick:
@@ -190,6 +197,7 @@ func (o *Outbox) take() (*pending, bool) {
 		o.w.carry = nil
 		return p, true
 	}
+	o.w.woke = false
 	select {
 	case p, ok := <-o.queue:
 		return p, ok
@@ -199,30 +207,68 @@ func (o *Outbox) take() (*pending, bool) {
 }
 
 // collect gathers a group: first, then whatever is queued, up to the row and
-// byte caps. A message over the byte cap is carried to the next group.
+// byte caps. A message over the byte cap is carried to the next group. If
+// first woke the writer from idle, it waits for more as Options.GroupGap
+// says.
 func (o *Outbox) collect(first *pending) []*pending {
 	if h := o.opts.hooks; h != nil && h.afterFirst != nil {
 		h.afterFirst()
 	}
+	var until time.Time // when waiting for more ends; zero: no waiting
+	if o.w.woke && o.opts.GroupGap > 0 {
+		until = time.Now().Add(o.opts.GroupWait)
+	}
+	o.w.woke = false
 	batch := append(o.w.batch[:0], first)
 	bytes := first.size
 	for len(batch) < o.opts.MaxBatchRows {
+		var p *pending
 		select {
-		case p, ok := <-o.queue:
+		case q, ok := <-o.queue:
 			if !ok {
 				return batch
 			}
-			if bytes+p.size > o.opts.MaxBatchBytes {
-				o.w.carry = p
+			p = q
+		default:
+			if p = o.await(until); p == nil {
 				return batch
 			}
-			batch = append(batch, p)
-			bytes += p.size
-		default:
+		}
+		if bytes+p.size > o.opts.MaxBatchBytes {
+			o.w.carry = p
 			return batch
 		}
+		batch = append(batch, p)
+		bytes += p.size
 	}
 	return batch
+}
+
+// await waits up to Options.GroupGap, and not past until, for the next
+// queued message. It returns nil if none came, if until is zero or past, or
+// if the queue was closed (the writer's next take sees that).
+func (o *Outbox) await(until time.Time) *pending {
+	if until.IsZero() {
+		return nil
+	}
+	d := min(o.opts.GroupGap, time.Until(until))
+	if d <= 0 {
+		return nil
+	}
+	t := o.w.gapTimer
+	if t == nil {
+		t = time.NewTimer(d)
+		o.w.gapTimer = t
+	} else {
+		t.Reset(d)
+	}
+	select {
+	case p := <-o.queue:
+		t.Stop()
+		return p // nil if closed
+	case <-t.C:
+		return nil
+	}
 }
 
 // drain runs after Close closed the queue: it commits what is left and
