@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -149,6 +150,11 @@ CREATE TABLE IF NOT EXISTS commands (
 // openCommandStore opens (creating it if missing) the commands database at
 // path and loads it.
 func openCommandStore(path string, logger *slog.Logger, now func() time.Time) (*commandStore, error) {
+	// The driver reads everything after '?' as options, and a "file:"
+	// prefix as a URI: such a path would open another file.
+	if path == "" || strings.Contains(path, "?") || strings.HasPrefix(path, "file:") {
+		return nil, fmt.Errorf("commands: file %q: want a plain file name without '?'", path)
+	}
 	q := url.Values{}
 	q.Set("_txlock", "immediate")
 	q.Set("_journal_mode", "WAL")

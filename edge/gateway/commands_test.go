@@ -338,3 +338,15 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(2 * time.Millisecond) // polling interval, not a wait for an event
 	}
 }
+
+// TestCommandStoreRefusesDSNPaths: a path the SQLite driver would read as
+// options or as a URI is refused rather than opening another file.
+func TestCommandStoreRefusesDSNPaths(t *testing.T) {
+	dir := t.TempDir()
+	for _, p := range []string{"", filepath.Join(dir, "commands.db?mode=memory"), "file:" + filepath.Join(dir, "commands.db")} {
+		if s, err := openCommandStore(p, slog.New(slog.DiscardHandler), time.Now); err == nil {
+			s.db.Close()
+			t.Errorf("openCommandStore(%q) succeeded", p)
+		}
+	}
+}
