@@ -73,6 +73,7 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tributary-io/tributary/edge/outbox"
 )
@@ -448,6 +449,14 @@ func (b *Broker) Close() error {
 	if !started {
 		return nil
 	}
+	// mochi v2.7.9's own closer (closeListenerClients) calls
+	// Clients.GetByListener, which read-locks the clients twice (itself,
+	// then Len): a disconnecting client's Delete that queues for the write
+	// lock between the two deadlocks Close. Closing the listeners first with
+	// a closer that reads the clients once means Server.Close finds every
+	// listener closed and calls its closer no more (each listener calls it on
+	// its first Close only).
+	b.srv.Listeners.CloseAll(b.disconnectListenerClients)
 	err := b.srv.Close() // returns after every client's read goroutine, and so every will, is done
 	b.willMu.Lock()
 	b.noWills = true // a delayed will from mochi's event loop must not Add after Wait began
@@ -459,6 +468,17 @@ func (b *Broker) Close() error {
 		}
 	}
 	return err
+}
+
+// disconnectListenerClients disconnects the clients connected through the
+// listener id, as mochi's Server.Close would, reading the client list under
+// one read lock (see Close).
+func (b *Broker) disconnectListenerClients(id string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == id && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // Stats returns a snapshot of the counters.
