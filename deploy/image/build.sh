@@ -23,7 +23,7 @@
 # Needs root and the network to Debian's mirror. Installs what it needs with
 # apt-get (debootstrap, qemu-user-static, binfmt-support, dosfstools, mtools,
 # fdisk, e2fsprogs). Takes a long time the first time (the base system is
-# configured under emulation: about an hour on a busy 2-core machine); the
+# configured under emulation: 47 minutes on 2 cores at load 2-7); the
 # bootstrapped system and the one with the kernel are cached in $CACHE, keyed
 # by suite, mirror and package lists, so later builds only redo the gateway
 # layer and the image.
