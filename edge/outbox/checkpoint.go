@@ -86,9 +86,12 @@ func (o *Outbox) checkpointLoop() {
 	}
 }
 
-func (o *Outbox) checkpoint() {
-	var busy, logFrames, copied int64
-	err := o.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &logFrames, &copied)
+// runCheckpoint runs a WAL checkpoint of the given mode (PASSIVE, RESTART,
+// TRUNCATE) on the checkpointer's connection, counts it in Stats, and
+// returns SQLite's answer: whether it could not complete (busy), the WAL's
+// frames and how many of them are copied into the database.
+func (o *Outbox) runCheckpoint(mode string) (busy, logFrames, copied int64, err error) {
+	err = o.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &logFrames, &copied)
 	o.mu.Lock()
 	if err != nil {
 		o.st.CheckpointErrors++
@@ -96,6 +99,11 @@ func (o *Outbox) checkpoint() {
 		o.st.Checkpoints++
 	}
 	o.mu.Unlock()
+	return busy, logFrames, copied, err
+}
+
+func (o *Outbox) checkpoint() {
+	_, logFrames, copied, err := o.runCheckpoint("PASSIVE")
 	if err != nil {
 		o.log.Warn("wal checkpoint", "err", err)
 		o.dirty.Store(true)
@@ -141,18 +149,12 @@ func (o *Outbox) boundWAL() {
 // the WAL, or Options.BusyTimeout passed. size is the WAL file's size.
 func (o *Outbox) restartWAL(size int64) {
 	w := &o.w
-	var busy, logFrames, copied int64
 	start := time.Now()
-	err := o.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(RESTART)").Scan(&busy, &logFrames, &copied)
+	busy, logFrames, copied, err := o.runCheckpoint("RESTART")
 	took := time.Since(start)
 	done := err == nil && busy == 0
 	o.mu.Lock()
 	o.st.WALRestartTime += took
-	if err != nil {
-		o.st.CheckpointErrors++
-	} else {
-		o.st.Checkpoints++
-	}
 	o.st.WALRestarts++
 	if !done {
 		o.st.WALRestartsIncomplete++

@@ -342,15 +342,7 @@ func (o *Outbox) insertGroupReclaiming(batch []*pending) (groupResult, error) {
 func (o *Outbox) reclaimWAL() {
 	d := &o.w.disk
 	d.reclaimed, d.stale = true, true
-	var busy, logFrames, copied int64
-	err := o.cdb.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(TRUNCATE)").Scan(&busy, &logFrames, &copied)
-	o.mu.Lock()
-	if err != nil {
-		o.st.CheckpointErrors++
-	} else {
-		o.st.Checkpoints++
-	}
-	o.mu.Unlock()
+	busy, logFrames, copied, err := o.runCheckpoint("TRUNCATE")
 	if err != nil {
 		if !d.reclaimErr {
 			o.log.Warn("free-space reserve: cannot truncate the wal", "err", err, "wal_bytes", d.wal)
