@@ -4,14 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"net"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/tributary-io/tributary/edge/outbox"
 )
 
 func TestReservedACL(t *testing.T) {
@@ -286,25 +283,7 @@ func TestPublishCommand(t *testing.T) {
 func TestCommandDeliveredAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	start := func(obs CommandObserver) *sessionGateway {
-		ob, err := outbox.Open(filepath.Join(dir, "outbox.db"), outbox.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg := Config{Listeners: Listeners{TCP: TCPListener{Address: "127.0.0.1:0"}}, Sessions: Sessions{File: filepath.Join(dir, "sessions.db")}}
-		b, err := New(cfg, ob, nil)
-		if err == nil {
-			err = b.SetCommandObserver(obs)
-		}
-		if err == nil {
-			err = b.Start()
-		}
-		if err != nil {
-			ob.Close()
-			t.Fatal(err)
-		}
-		g := &sessionGateway{b: b, ob: ob}
-		t.Cleanup(g.stop)
-		return g
+		return startSessionGateway(t, dir, Config{}, func(b *Broker) error { return b.SetCommandObserver(obs) })
 	}
 	now := time.Now()
 	cmd := Command{Device: "devA", Name: "reboot", RequestID: "r1", Payload: []byte(`{}`), Expires: now.Add(time.Hour)}

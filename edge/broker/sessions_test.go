@@ -51,7 +51,9 @@ type sessionGateway struct {
 	ob *outbox.Outbox
 }
 
-func startSessionGateway(t *testing.T, dir string, cfg Config) *sessionGateway {
+// startSessionGateway starts a broker on dir's outbox and sessions file;
+// each setup step runs on it before Start.
+func startSessionGateway(t *testing.T, dir string, cfg Config, setup ...func(*Broker) error) *sessionGateway {
 	t.Helper()
 	ob, err := outbox.Open(filepath.Join(dir, "outbox.db"), outbox.Options{})
 	if err != nil {
@@ -60,6 +62,11 @@ func startSessionGateway(t *testing.T, dir string, cfg Config) *sessionGateway {
 	cfg.Listeners.TCP.Address = "127.0.0.1:0"
 	cfg.Sessions.File = filepath.Join(dir, "sessions.db")
 	b, err := New(cfg, ob, nil)
+	for _, f := range setup {
+		if err == nil {
+			err = f(b)
+		}
+	}
 	if err == nil {
 		err = b.Start()
 	}
